@@ -1,0 +1,120 @@
+"""Checkpoints: Orbax CheckpointManager for training state, strict loading for pretrained weights.
+
+Resume order, used by every trainer (see `common.trainer.restore_or_init`):
+  1. the latest checkpoint in `workdir/checkpoints` (preemption / restart),
+  2. else `config.init_from.path`, a directory written by `python -m common.convert`, loaded strictly
+     into the subtree `config.init_from.into` with `config.init_from.dont_load` regexes left at init,
+  3. else scratch.
+Training checkpoints hold the train state and the grain iterator state together, so a resumed run sees
+exactly the batches it would have seen.
+"""
+
+import os
+import re
+from typing import Sequence
+
+from absl import logging
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from common.convert import flatten, format_diff, unflatten
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose keys or shapes do not fit the model (message holds the diff)."""
+
+
+def merge_strict(reference, loaded, dont_load: Sequence[str] = (), source: str = "checkpoint"):
+  """Returns `reference`'s structure filled from `loaded`, raising on any mismatch.
+
+  `reference` is the model's own tree (arrays or ShapeDtypeStructs). Keys matching a `dont_load`
+  regex keep the reference value and may be absent from `loaded`; every other key must be present in
+  both with the same shape. Extra keys in `loaded` are an error unless they match `dont_load`.
+  """
+  ref, got = flatten(reference), flatten(loaded)
+  skip = [re.compile(p) for p in dont_load]
+  skipped = lambda k: any(p.fullmatch(k) for p in skip)
+  missing = sorted(k for k in ref if k not in got and not skipped(k))
+  unexpected = sorted(k for k in got if k not in ref and not skipped(k))
+  mismatched = [f"{k} {tuple(np.shape(got[k]))} vs model {tuple(ref[k].shape)}" for k in sorted(ref)
+                if k in got and not skipped(k) and tuple(np.shape(got[k])) != tuple(ref[k].shape)]
+  if missing or unexpected or mismatched:
+    raise CheckpointMismatchError(format_diff(missing, unexpected, mismatched, source) +
+                                  "\n  (fix: convert the matching model, or list keys in dont_load)")
+  out = {k: (ref[k] if skipped(k) else np.asarray(got[k]).astype(ref[k].dtype)) for k in ref}
+  return unflatten(out)
+
+
+def load_init_from(params, path: str, into: str = "", dont_load: Sequence[str] = ()):
+  """Loads a converted model directory's `params` into the subtree `into` ('a/b') of `params`."""
+  from common import models  # pylint: disable=import-outside-toplevel
+
+  models.read_meta(path)  # clear error when `path` is not a converted directory
+  loaded = models.load_variables(path)
+  if "params" not in loaded:
+    raise CheckpointMismatchError(f"{path}: no 'params' collection in the converted checkpoint")
+  sub = params
+  for part in filter(None, into.split("/")):
+    if part not in sub:
+      raise CheckpointMismatchError(f"init_from.into={into!r}: the model has no subtree {part!r} "
+                                    f"(top-level keys: {', '.join(sub)})")
+    sub = sub[part]
+  merged = merge_strict(sub, loaded["params"], dont_load, source=path)
+  if not into:
+    return merged
+  flat = flatten(params)
+  flat = {k: v for k, v in flat.items() if not k.startswith(into.strip("/") + "/")}
+  flat.update({f"{into.strip('/')}/{k}": v for k, v in flatten(merged).items()})
+  return unflatten(flat)
+
+
+class Checkpointer:
+  """Async Orbax manager keeping the latest N steps plus the best K by a metric."""
+
+  def __init__(self, directory: str, keep_latest: int = 2, keep_best: int = 0, best_metric: str = "",
+               best_mode: str = "min", async_save: bool = True):
+    policies = [ocp.checkpoint_managers.LatestN(keep_latest)]
+    if keep_best and best_metric:
+      sign = 1.0 if best_mode == "max" else -1.0  # BestN keeps the largest values
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: sign * float(m[best_metric]), n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save, create=True,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+    # Orbax needs absolute paths, and every host must see the same (shared) directory.
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iter=None, metrics: dict | None = None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics or None, force=True)
+
+  def restore(self, abstract_state, data_iter=None, step: int | None = None):
+    """Restores (state, data_iter) at `step` (default latest) onto `abstract_state`'s shardings."""
+    step = self.latest_step() if step is None else step
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return restored["state"], (restored["data"] if data_iter is not None else None)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_like(tree, shardings):
+  """ShapeDtypeStructs carrying the target shardings, for Orbax restores."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

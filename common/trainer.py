@@ -1,0 +1,229 @@
+"""The training loop every subsystem shares.
+
+A subsystem trainer supplies a `Task` (how to init variables, the loss, its data and its evaluation)
+and calls `train(config, workdir, task)`. The loop owns everything else: mesh and shardings, the
+optimizer (with freezing), the jitted donated `train_step(state, batch, rng)`, resume order, NaN
+checks, logging, evaluation cadence, checkpoints, preemption and profiling.
+
+Train state is a plain dict: {"step", "params", "opt_state", "model_state"}; `opt_state` covers only
+the trainable (non-frozen) parameters, `model_state` holds non-trained collections (e.g. batch_stats).
+"""
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from common import checkpoint, data, metrics as metrics_lib, optim, parallel
+
+
+@dataclasses.dataclass
+class Task:
+  # rng -> Flax variables {"params": ..., other collections...}; traced under jit/eval_shape.
+  init_variables: Callable[[jax.Array], dict]
+  # (params, model_state, batch, rng) -> (loss, (metrics dict of scalars, new model_state)).
+  loss_fn: Callable
+  train_source: Any
+  train_transforms: Sequence = ()
+  # (state, step) -> dict of scalar metrics; host function, called at eval steps and at the end.
+  eval_fn: Callable[[dict, int], dict] | None = None
+  # Called once after the (re)start with the state, e.g. to log what was loaded.
+  on_start: Callable[[dict], None] | None = None
+
+
+class Preempted(Exception):
+  """Raised out of `train` after a SIGTERM was handled by saving a checkpoint."""
+
+
+def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
+  """Builds `train_step(state, batch, rng) -> (state, metrics)`; jit and donate it at the call site."""
+
+  def train_step(state, batch, rng):
+    step = state["step"]
+    rng = jax.random.fold_in(rng, step)  # a fresh, reproducible key per step
+    trainable, frozen = optim.split_params(state["params"], mask)
+
+    def objective(t):
+      return loss_fn(optim.merge_params(t, frozen), state["model_state"], batch, rng)
+
+    (loss, (measurements, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
+    updates, opt_state = tx.update(grads, state["opt_state"], trainable, value=loss)
+    trainable = optax.apply_updates(trainable, updates)
+    grad_norm = optax.global_norm(grads)
+    measurements = dict(measurements, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(trainable),
+                        update_norm=optax.global_norm(updates),
+                        lr=schedule(step) * optim.plateau_scale(opt_state))
+    measurements["finite"] = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = dict(step=step + 1, params=optim.merge_params(trainable, frozen), opt_state=opt_state,
+                     model_state=model_state)
+    return new_state, measurements
+
+  return train_step
+
+
+def evaluate(per_example_fn, state, batches: Iterable[dict], mesh) -> dict[str, float]:
+  """Exact means over a whole split: `per_example_fn(state, batch) -> {name: (B,) values}`.
+
+  `batches` come from `data.eval_batches` (padded, with `mask`); padded rows are weighted 0.
+  """
+  @jax.jit
+  def masked_sums(state, batch):
+    values = per_example_fn(state, batch)
+    mask = batch["mask"]
+    return {k: jnp.sum(v * mask) for k, v in values.items()}, jnp.sum(mask)
+
+  totals, count = None, 0.0
+  for batch in batches:
+    sums, n = parallel.to_host(masked_sums(state, parallel.to_global(batch, mesh)))
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
+    count += float(n)
+  return {k: float(v) / count for k, v in totals.items()}
+
+
+def _every(step: int, every: int, total: int) -> bool:
+  return step == total or (every > 0 and step % every == 0)
+
+
+class _PreemptionFlag:
+  """SIGTERM sets a flag; all processes agree on it at sync points (a host allgather)."""
+
+  def __init__(self):
+    self.local = False
+    self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint at the next step and exiting")
+    self.local = True
+
+  def is_set(self, step: int, sync_every: int) -> bool:
+    if jax.process_count() == 1:
+      return self.local
+    if step % sync_every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self.local))))
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(config, workdir: str, task: Task) -> dict:
+  """Runs (or resumes) training to `config.total_steps|epochs`; returns the final state."""
+  workdir = os.path.abspath(workdir)
+  mesh = parallel.make_mesh()
+  local_batch = parallel.local_batch_size(config.batch_size)
+  steps_per_epoch = max(1, len(task.train_source) // config.batch_size)
+  total_steps = optim.steps_from(config, "total", steps_per_epoch)
+  every = lambda name: optim.steps_from(config, name, steps_per_epoch)
+  log_every, eval_every, ckpt_every = every("log_every"), every("eval_every"), every("ckpt_every")
+  tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
+
+  # ---------------------------------------------------------------- state: shapes, shardings, init
+  def init_state(rng):
+    variables = dict(task.init_variables(rng))
+    params = variables.pop("params")
+    trainable, _ = optim.split_params(params, mask)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables)
+
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  abstract_params = jax.eval_shape(task.init_variables, init_rng)["params"]
+  mask = optim.trainable_mask(abstract_params, config.optim.freeze)
+  n_frozen = sum(not m for m in mask.values())
+  metrics_lib.log_info("%d parameter tensors, %d frozen by optim.freeze", len(mask), n_frozen)
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  state_sharding = parallel.param_sharding(mesh, abstract_state)
+
+  train_iter = data.train_iterator(task.train_source, local_batch=local_batch, transforms=task.train_transforms,
+                                   seed=config.seed, worker_count=config.worker_count)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep_latest=config.keep_ckpts,
+                                 keep_best=config.keep_best, best_metric=config.best_metric,
+                                 best_mode=config.best_mode)
+
+  # Resume order: workdir checkpoint > config.init_from (converted weights, strict) > scratch.
+  if ckpt.latest_step() is not None:
+    state, train_iter = ckpt.restore(checkpoint.abstract_like(abstract_state, state_sharding), train_iter)
+  else:
+    state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+    if config.init_from.path:
+      params = checkpoint.load_init_from(jax.device_get(state["params"]), config.init_from.path,
+                                         config.init_from.into, config.init_from.dont_load)
+      state["params"] = jax.device_put(params, state_sharding["params"])
+      metrics_lib.log_info("initialised %r from %s", config.init_from.into or "all params", config.init_from.path)
+  if task.on_start is not None:
+    task.on_start(state)
+
+  train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule), donate_argnums=(0,),
+                       out_shardings=(state_sharding, parallel.replicated(mesh)))
+  train_rng = jax.device_put(train_rng, parallel.replicated(mesh))
+  writer = metrics_lib.MetricWriter(workdir)
+  preempt = _PreemptionFlag()
+  # Collectives dispatched ahead on CPU can deadlock XLA's rendezvous on few cores: block there.
+  block_each_step = jax.default_backend() == "cpu"
+
+  step = int(jax.device_get(state["step"]))
+  first_step, last_log_step, t_log = step, step, time.perf_counter()
+  all_finite, acc = jnp.bool_(True), None
+  try:
+    while step < total_steps:
+      if preempt.is_set(step, config.preemption_sync_every):
+        _check_finite(all_finite, last_log_step, step)
+        ckpt.save(step, state, train_iter)
+        ckpt.wait()
+        raise Preempted(f"preempted at step {step}; checkpoint saved in {ckpt.directory}")
+      if config.profile.num_steps and step == config.profile.start_step:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      state, m = train_step(state, parallel.to_global(next(train_iter), mesh), train_rng)
+      step += 1
+      if block_each_step:
+        jax.block_until_ready(m)
+      if config.profile.num_steps and step == config.profile.start_step + config.profile.num_steps:
+        jax.profiler.stop_trace()
+      all_finite = all_finite & m.pop("finite")
+      acc = m if acc is None else jax.tree.map(jnp.add, acc, m)
+
+      if _every(step, log_every, total_steps):
+        _check_finite(all_finite, last_log_step, step)
+        n = step - last_log_step
+        means = {f"train/{k}": float(v) / n for k, v in parallel.to_host(acc).items()}
+        dt = time.perf_counter() - t_log
+        steps_s = n / dt
+        eta = (total_steps - step) / steps_s
+        writer.write(step, {**means, "perf/steps_per_sec": steps_s, "perf/images_per_sec": steps_s * config.batch_size})
+        metrics_lib.log_info("step %d/%d | loss %.5g | %.2f steps/s | %.1f img/s | ETA %s", step, total_steps,
+                             means["train/loss"], steps_s, steps_s * config.batch_size,
+                             time.strftime("%H:%M:%S", time.gmtime(eta)))
+        acc, last_log_step, t_log = None, step, time.perf_counter()
+
+      eval_metrics = None
+      if task.eval_fn is not None and _every(step, eval_every, total_steps):
+        eval_metrics = task.eval_fn(state, step)
+        writer.write(step, eval_metrics)
+        metrics_lib.log_info("eval step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in eval_metrics.items()))
+        t_log = time.perf_counter()  # keep eval time out of the throughput figure
+
+      # Evaluated states are always saved with their metrics, so best-K ranks only what was measured.
+      if _every(step, ckpt_every, total_steps) or (eval_metrics and config.keep_best):
+        _check_finite(all_finite, last_log_step, step)  # never save a non-finite state
+        ckpt.save(step, state, train_iter, metrics=eval_metrics)
+    writer.flush()
+    metrics_lib.log_info("trained steps %d..%d", first_step, step)
+  finally:
+    preempt.restore()
+    ckpt.close()
+    writer.close()
+  return state
+
+
+def _check_finite(all_finite, last_checked: int, step: int) -> None:
+  if not bool(jax.device_get(all_finite)):
+    raise FloatingPointError(f"loss or gradients became nan or inf somewhere within steps [{last_checked}, {step}]; "
+                             "no checkpoint of that state was written (lower optim.lr or check the data)")

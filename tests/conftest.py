@@ -1,0 +1,26 @@
+"""Test set-up: 2 fake CPU devices (set before jax is imported) and exact fp32 matmuls."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=wrong-import-position
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+from absl import flags  # pylint: disable=wrong-import-position
+
+# grain workers read absl flags; mark them parsed for in-process use.
+flags.FLAGS.mark_as_parsed()
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**extra) -> dict:
+  env = dict(os.environ)
+  env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+  env.update(extra)
+  return env

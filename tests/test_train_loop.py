@@ -1,0 +1,185 @@
+"""The shared training loop, on the tiny classifier in tests/toy_main.py (2 fake CPU devices)."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from common import checkpoint, config as config_lib, metrics, parallel, trainer
+from tests import toy_config, toy_main
+from tests.conftest import REPO, subprocess_env
+
+
+def run(workdir, **overrides):
+  c = toy_config.get_config()
+  for k, v in overrides.items():
+    node, *path = k.split(".")
+    target = c
+    for p in [node, *path][:-1]:
+      target = target[p]
+    target[[node, *path][-1]] = v
+  return trainer.train(c, str(workdir), toy_main.make_task(c)), c
+
+
+def params_of(state):
+  return jax.tree.map(np.asarray, jax.device_get(state["params"]))
+
+
+def test_two_devices_and_sharding():
+  assert jax.device_count() == 2
+  mesh = parallel.make_mesh()
+  batch = parallel.to_global({"x": np.arange(8.0).reshape(4, 2)}, mesh)
+  assert batch["x"].sharding.spec == parallel.data_sharding(mesh).spec
+  assert {s.data.shape for s in batch["x"].addressable_shards} == {(2, 2)}
+  with pytest.raises(ValueError, match="does not divide by the 2 devices"):
+    parallel.local_batch_size(7)
+
+
+def test_tiny_model_loss_goes_down(tmp_path):
+  state, _ = run(tmp_path, total_steps=40, log_every_steps=5, eval_every_steps=20)
+  rows = [r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+  first, last = rows[0]["train/loss"], rows[-1]["train/loss"]
+  assert last < 0.8 * first, (first, last)
+  evals = [r for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "val/accuracy" in r]
+  assert evals[-1]["val/accuracy"] > 0.6
+  assert int(state["step"]) == 40
+  # params replicated over the mesh, step counter exact
+  leaf = jax.tree.leaves(state["params"])[0]
+  assert leaf.sharding.is_fully_replicated
+  assert (tmp_path / "config.json").exists() is False  # written by run_main, not by train()
+  assert (tmp_path / "tensorboard").is_dir()
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+  full, _ = run(tmp_path / "full", total_steps=8, ckpt_every_steps=4, eval_every_steps=100)
+
+  # Interrupt at step 4 through the SIGTERM path, then restart in the same workdir.
+  class Stop:
+    def __call__(self, state, step):
+      if step == 4:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return {}
+
+  c = toy_config.get_config()
+  c.total_steps, c.ckpt_every_steps, c.eval_every_steps, c.keep_best = 8, 100, 1, 0
+  task = toy_main.make_task(c)
+  task.eval_fn = Stop()
+  with pytest.raises(trainer.Preempted, match="step 4"):
+    trainer.train(c, str(tmp_path / "split"), task)
+  assert checkpoint.Checkpointer(str(tmp_path / "split" / "checkpoints")).latest_step() == 4
+  resumed, _ = run(tmp_path / "split", total_steps=8, ckpt_every_steps=4, eval_every_steps=100)
+  for a, b in zip(jax.tree.leaves(params_of(full)), jax.tree.leaves(params_of(resumed))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_data_iterator_resumes_at_the_same_batch(tmp_path):
+  from common import data
+  x = np.arange(64, dtype=np.float32).reshape(64, 1)
+  make = lambda: data.train_iterator(data.ArraySource("ids", x=x), local_batch=4, seed=3)
+  it = make()
+  for _ in range(5):
+    next(it)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ck"), async_save=False)
+  state = {"w": jax.numpy.zeros(3)}
+  ckpt.save(5, state, it)
+  expected = [next(it)["x"].copy() for _ in range(20)]  # crosses an epoch boundary (16 batches/epoch)
+  ckpt.close()
+  restored_state, it2 = checkpoint.Checkpointer(str(tmp_path / "ck")).restore(state, make())
+  got = [next(it2)["x"] for _ in range(20)]
+  np.testing.assert_array_equal(np.stack(expected), np.stack(got))
+  # each epoch is a fresh permutation covering every example exactly once (per process)
+  it3 = make()
+  epoch1 = np.concatenate([next(it3)["x"] for _ in range(16)]).ravel()
+  epoch2 = np.concatenate([next(it3)["x"] for _ in range(16)]).ravel()
+  assert sorted(epoch1) == sorted(epoch2) == list(range(64)) and not np.array_equal(epoch1, epoch2)
+
+
+def test_freezing_gives_no_state_and_no_update(tmp_path):
+  c = toy_config.get_config()
+  c.total_steps, c.optim.freeze = 6, ("conv/.*",)
+  task = toy_main.make_task(c)
+  init = jax.device_get(task.init_variables(jax.random.split(jax.random.key(c.seed))[0])["params"])
+  state = trainer.train(c, str(tmp_path), task)
+  final = params_of(state)
+  np.testing.assert_array_equal(final["conv"]["kernel"], init["conv"]["kernel"])
+  assert not np.array_equal(final["head"]["kernel"], init["head"]["kernel"])
+  opt_keys = {k for leaf in jax.tree.leaves(state["opt_state"], is_leaf=lambda x: isinstance(x, dict))
+              if isinstance(leaf, dict) for k in leaf}
+  assert opt_keys and all(k.startswith("head/") for k in opt_keys), opt_keys
+
+
+def test_eval_mean_is_exact_over_partial_batches():
+  from common import data
+  values = np.random.default_rng(0).normal(size=(37,)).astype(np.float32)
+  src = data.ArraySource("vals", v=values)
+  mesh = parallel.make_mesh()
+  batches = list(data.eval_batches(src, global_batch=8, local_batch=8))
+  assert len(batches) == 5 and batches[-1]["mask"].sum() == 5
+  got = trainer.evaluate(lambda state, b: {"v": b["v"]}, {}, iter(batches), mesh)
+  np.testing.assert_allclose(got["v"], values.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,schedule", [("adam", "cosine"), ("adamw", "constant"), ("sgd", "plateau")])
+def test_optimizer_variants_train(tmp_path, name, schedule):
+  state, _ = run(tmp_path, total_steps=4, **{"optim.name": name, "optim.schedule": schedule, "optim.lr": 0.01})
+  assert int(state["step"]) == 4
+
+
+def test_keep_latest_and_best(tmp_path):
+  run(tmp_path, total_steps=12, ckpt_every_steps=2, eval_every_steps=4, keep_ckpts=1, keep_best=1)
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  evals = {r["step"]: r["val/loss"] for r in metrics.read_jsonl(tmp_path / "metrics.jsonl") if "val/loss" in r}
+  best = min(evals, key=evals.get)
+  assert kept == sorted({12, best}), (kept, evals)
+
+
+def _cli(workdir, *args, **env):
+  return subprocess.run([sys.executable, "-m", "tests.toy_main", "--config", "tests/toy_config.py",
+                         "--workdir", str(workdir), *args], cwd=REPO, env=subprocess_env(**env),
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_overrides_and_errors(tmp_path):
+  r = _cli(tmp_path / "a", "--config.total_steps=2", "--config.optim.lr=0.01")
+  assert r.returncode == 0, r.stderr
+  cfg = (tmp_path / "a" / "config.json").read_text()
+  assert '"total_steps": 2' in cfg and '"lr": 0.01' in cfg
+  r = _cli(tmp_path / "b", "--config.no_such_key=1")
+  assert r.returncode != 0 and "no_such_key" in r.stderr
+  r = _cli(tmp_path / "c", "--config.total_steps=abc")
+  assert r.returncode != 0 and "could not convert" in r.stderr.lower()
+  r = _cli(tmp_path / "d", "--config.batch_size=7")
+  assert r.returncode == 2 and "error: batch_size=7 does not divide by the 2 devices" in r.stderr
+
+
+def test_nan_stops_the_run_and_is_never_saved(tmp_path):
+  r = _cli(tmp_path, "--config.nan_at_step=5", "--config.total_steps=12", "--config.log_every_steps=4",
+           "--config.ckpt_every_steps=2")
+  assert r.returncode == 2, r.stderr
+  assert "became nan or inf somewhere within steps [4, 6]" in r.stderr
+  kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert kept and max(kept) <= 4, kept
+
+
+def test_sigterm_saves_and_restart_resumes(tmp_path):
+  cmd = [sys.executable, "-m", "tests.toy_main", "--config", "tests/toy_config.py:steps=100000",
+         "--workdir", str(tmp_path), "--config.log_every_steps=1", "--config.ckpt_every_steps=100000",
+         "--config.eval_every_steps=100000"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:  # wait until training is under way
+    if "step 3/" in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  assert "preempted at step" in err
+  saved = checkpoint.Checkpointer(str(tmp_path / "checkpoints")).latest_step()
+  assert saved is not None and 3 <= saved < 100000
+  r = _cli(tmp_path, f"--config.total_steps={saved + 2}")
+  assert r.returncode == 0, r.stderr
+  rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
+  assert rows[-1]["step"] == saved + 2 and "restored checkpoint step" in r.stderr
