@@ -28,7 +28,8 @@ from common import checkpoint, data, metrics as metrics_lib, optim, parallel
 class Task:
   # rng -> Flax variables {"params": ..., other collections...}; traced under jit/eval_shape.
   init_variables: Callable[[jax.Array], dict]
-  # (params, model_state, batch, rng) -> (loss, (metrics dict of scalars, new model_state)).
+  # (params, model_state, batch, rng, step) -> (loss, (metrics dict of scalars, new model_state)).
+  # `step` is a traced int32 (e.g. for loss-weight ramps such as the distillation alpha).
   loss_fn: Callable
   train_source: Any
   train_transforms: Sequence = ()
@@ -51,7 +52,7 @@ def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
     trainable, frozen = optim.split_params(state["params"], mask)
 
     def objective(t):
-      return loss_fn(optim.merge_params(t, frozen), state["model_state"], batch, rng)
+      return loss_fn(optim.merge_params(t, frozen), state["model_state"], batch, rng, step)
 
     (loss, (measurements, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, state["opt_state"], trainable, value=loss)

@@ -12,7 +12,7 @@ def get_config(arg=None):
   c.eval_every_steps = 6
   c.ckpt_every_steps = 3
   c.best_metric, c.best_mode = "val/loss", "min"
-  c.optim.name, c.optim.lr, c.optim.schedule, c.optim.warmup_steps = "adam", 0.03, "cosine", 2
+  c.optim.name, c.optim.lr, c.optim.schedule, c.optim.warmup_steps = "adam", 0.05, "cosine", 2
   c.num_train, c.num_val, c.image_size = 128, 37, 8  # 37: the last eval batch is partial
   c.nan_at_step = -1
   return c

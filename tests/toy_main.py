@@ -34,16 +34,15 @@ def make_data(n: int, size: int, seed: int):
 def make_task(config) -> trainer.Task:
   model = TinyNet()
   images, labels = make_data(config.num_train, config.image_size, config.seed)
-  if config.nan_at_step >= 0:  # test hook: poison one batch's worth of images
-    images[config.nan_at_step * config.batch_size % len(images):][:config.batch_size] = np.nan
   val_images, val_labels = make_data(config.num_val, config.image_size, config.seed + 1)
   train_source = data.ArraySource("toy_train", image=images, label=labels)
   val_source = data.ArraySource("toy_val", image=val_images, label=val_labels)
 
-  def loss_fn(params, model_state, batch, rng):
+  def loss_fn(params, model_state, batch, rng, step):
     del rng
     logits = model.apply({"params": params}, batch["image"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    loss = jnp.where(step == config.nan_at_step, jnp.nan, loss)  # test hook (-1: never)
     return loss, ({"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, model_state)
 
   def per_example(state, batch):
