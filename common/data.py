@@ -1,8 +1,8 @@
 """Input pipelines on grain: random-access sources -> seeded shuffle -> picklable transforms -> batches.
 
-Elements are dicts of numpy arrays; images are float32 HWC in [0, 1] until `Normalize`. Each process
-reads its own slice of the data (`process_index::process_count`), so global batches are assembled
-on device by `common.parallel.to_global` without any host gather. Training iterators are grain
+Elements are dicts of numpy arrays; images are float32 HWC in [0, 1] until `Normalize`. Every process
+follows the same global example order and reads only its own rows of each global batch, so global
+batches are assembled on device by `common.parallel.to_global` without any host gather. Training iterators are grain
 `DatasetIterator`s whose state is checkpointed with the model (exact resume). Evaluation batches are
 padded to full size with `mask == 0` so means over a split are exact, never dropping the remainder.
 
@@ -117,14 +117,39 @@ def _prefetch(ds: grain.MapDataset, worker_count: int) -> grain.IterDataset:
 # ----------------------------------------------------------------------------------------------
 # Pipelines
 # ----------------------------------------------------------------------------------------------
+class _ProcessRows(grain.MapDataset):
+  """This process's rows of each global batch of `parent` (a dataset in global example order).
+
+  Global batch b holds parent[b*G : (b+1)*G]; process p reads rows [p*L, (p+1)*L) of it. Because the
+  order (and each element's random augmentation, seeded by its global position) does not depend on
+  the number of processes, 1 process x 2 devices and 2 processes x 1 device train on identical batches.
+  """
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, local_batch: int, process_index: int):
+    super().__init__(parent)
+    self.global_batch, self.local_batch, self.process_index = global_batch, local_batch, process_index
+
+  def __len__(self):
+    return len(self._parent) // self.global_batch * self.local_batch
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    b, i = divmod(index, self.local_batch)
+    return self._parent[b * self.global_batch + self.process_index * self.local_batch + i]
+
+  def __str__(self):
+    return f"_ProcessRows(global_batch={self.global_batch}, local_batch={self.local_batch}, p={self.process_index})"
+
+
 def train_iterator(source, *, local_batch: int, transforms: Sequence = (), seed: int = 0, worker_count: int = 0):
-  """Infinite, per-epoch reshuffled, checkpointable iterator over this process's share of `source`."""
-  ds = grain.MapDataset.source(source).seed(seed)
-  ds = ds[jax.process_index()::jax.process_count()]
-  if len(ds) < local_batch:
-    raise ValueError(f"{source!r}: {len(ds)} examples per process is fewer than the per-process batch "
-                     f"{local_batch}; lower batch_size or add data")
-  ds = _apply(ds.shuffle().repeat(None), transforms)
+  """Infinite, per-epoch reshuffled, checkpointable iterator over this process's rows of each global batch."""
+  global_batch = local_batch * jax.process_count()
+  if len(source) < global_batch:
+    raise ValueError(f"{source!r}: {len(source)} examples is fewer than one global batch of {global_batch}; "
+                     "lower batch_size or add data")
+  ds = _apply(grain.MapDataset.source(source).seed(seed).shuffle().repeat(None), transforms)
+  ds = _ProcessRows(ds, global_batch, local_batch, jax.process_index())
   return iter(_prefetch(ds.batch(local_batch, drop_remainder=True), worker_count))
 
 

@@ -76,3 +76,9 @@ def to_host(tree):
   """Fully replicated device values -> numpy on every process (metrics, eval sums)."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x.addressable_data(0)) if isinstance(x, jax.Array) else x),
                       tree)
+
+
+def from_host(tree, shardings):
+  """Identical host values on every process -> global arrays with `shardings` (works multi-process,
+  where device_put onto non-addressable devices is not allowed)."""
+  return jax.jit(lambda t: t, out_shardings=shardings)(tree)

@@ -155,22 +155,22 @@ def train(config, workdir: str, task: Task) -> dict:
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
     if config.init_from.path:
-      params = checkpoint.load_init_from(jax.device_get(state["params"]), config.init_from.path,
+      params = checkpoint.load_init_from(parallel.to_host(state["params"]), config.init_from.path,
                                          config.init_from.into, config.init_from.dont_load)
-      state["params"] = jax.device_put(params, state_sharding["params"])
+      state["params"] = parallel.from_host(params, state_sharding["params"])
       metrics_lib.log_info("initialised %r from %s", config.init_from.into or "all params", config.init_from.path)
   if task.on_start is not None:
     task.on_start(state)
 
   train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule), donate_argnums=(0,),
                        out_shardings=(state_sharding, parallel.replicated(mesh)))
-  train_rng = jax.device_put(train_rng, parallel.replicated(mesh))
+  train_rng = parallel.from_host(train_rng, parallel.replicated(mesh))
   writer = metrics_lib.MetricWriter(workdir)
   preempt = _PreemptionFlag()
   # Collectives dispatched ahead on CPU can deadlock XLA's rendezvous on few cores: block there.
   block_each_step = jax.default_backend() == "cpu"
 
-  step = int(jax.device_get(state["step"]))
+  step = int(parallel.to_host(state["step"]))
   first_step, last_log_step, t_log = step, step, time.perf_counter()
   all_finite, acc = jnp.bool_(True), None
   try:
@@ -225,6 +225,6 @@ def train(config, workdir: str, task: Task) -> dict:
 
 
 def _check_finite(all_finite, last_checked: int, step: int) -> None:
-  if not bool(jax.device_get(all_finite)):
+  if not bool(parallel.to_host(all_finite)):
     raise FloatingPointError(f"loss or gradients became nan or inf somewhere within steps [{last_checked}, {step}]; "
                              "no checkpoint of that state was written (lower optim.lr or check the data)")
