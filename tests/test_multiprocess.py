@@ -36,8 +36,7 @@ def test_two_processes_match_one_process_two_devices(tmp_path):
   assert "process 1/2" in two.stderr  # really distributed, as logged by maybe_initialize_distributed
   a, b = final_params(tmp_path / "one", 6), final_params(tmp_path / "two", 6)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    # Same batches and order; only the all-reduce summation order may differ. Measured: max 0 to ~1e-7.
-    print("max abs diff", np.abs(x - y).max())
+    # Same batches and order; only the all-reduce summation order may differ. Measured: 0.0 (bitwise equal) on jax 0.10.2 CPU.
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
   # metrics are written by process 0 only: one row per log step, not two
   rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
