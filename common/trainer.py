@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,8 +29,7 @@ from common import checkpoint, data, metrics as metrics_lib, optim, parallel
 class Task:
   # rng -> Flax variables {"params": ..., other collections...}; traced under jit/eval_shape.
   init_variables: Callable[[jax.Array], dict]
-  # (params, model_state, batch, rng, step) -> (loss, (metrics dict of scalars, new model_state)).
-  # `step` is a traced int32 (e.g. for loss-weight ramps such as the distillation alpha).
+  # (params, batch, ctx: StepContext) -> (loss, (metrics dict of scalars, new model_state)).
   loss_fn: Callable
   train_source: Any
   train_transforms: Sequence = ()
@@ -37,6 +37,18 @@ class Task:
   eval_fn: Callable[[dict, int], dict] | None = None
   # Called once after the (re)start with the state, e.g. to log what was loaded.
   on_start: Callable[[dict], None] | None = None
+  # Arrays every step needs but nobody trains (a perceptual VGG, a distillation teacher): placed
+  # replicated once, passed to each step as an argument (not baked into the program as constants),
+  # and never optimised or checkpointed.
+  constants: Any = None
+
+
+@flax.struct.dataclass
+class StepContext:
+  rng: jax.Array  # already folded with the step
+  step: jax.Array  # traced int32, e.g. for loss-weight ramps such as the distillation alpha
+  model_state: Any  # non-trained collections (batch_stats); return the updated one
+  constants: Any  # Task.constants
 
 
 class Preempted(Exception):
@@ -46,13 +58,14 @@ class Preempted(Exception):
 def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
   """Builds `train_step(state, batch, rng) -> (state, metrics)`; jit and donate it at the call site."""
 
-  def train_step(state, batch, rng):
+  def train_step(state, batch, rng, constants=None):
     step = state["step"]
-    rng = jax.random.fold_in(rng, step)  # a fresh, reproducible key per step
+    ctx = StepContext(rng=jax.random.fold_in(rng, step), step=step, model_state=state["model_state"],
+                      constants=constants)  # a fresh, reproducible key per step
     trainable, frozen = optim.split_params(state["params"], mask)
 
     def objective(t):
-      return loss_fn(optim.merge_params(t, frozen), state["model_state"], batch, rng, step)
+      return loss_fn(optim.merge_params(t, frozen), batch, ctx)
 
     (loss, (measurements, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
     updates, opt_state = tx.update(grads, state["opt_state"], trainable, value=loss)
@@ -165,6 +178,8 @@ def train(config, workdir: str, task: Task) -> dict:
   train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule), donate_argnums=(0,),
                        out_shardings=(state_sharding, parallel.replicated(mesh)))
   train_rng = parallel.from_host(train_rng, parallel.replicated(mesh))
+  constants = None if task.constants is None else parallel.from_host(
+      task.constants, parallel.param_sharding(mesh, task.constants))
   writer = metrics_lib.MetricWriter(workdir)
   preempt = _PreemptionFlag()
   # Collectives dispatched ahead on CPU can deadlock XLA's rendezvous on few cores: block there.
@@ -182,7 +197,7 @@ def train(config, workdir: str, task: Task) -> dict:
         raise Preempted(f"preempted at step {step}; checkpoint saved in {ckpt.directory}")
       if config.profile.num_steps and step == config.profile.start_step:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      state, m = train_step(state, parallel.to_global(next(train_iter), mesh), train_rng)
+      state, m = train_step(state, parallel.to_global(next(train_iter), mesh), train_rng, constants)
       step += 1
       if block_each_step:
         jax.block_until_ready(m)

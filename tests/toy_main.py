@@ -38,12 +38,11 @@ def make_task(config) -> trainer.Task:
   train_source = data.ArraySource("toy_train", image=images, label=labels)
   val_source = data.ArraySource("toy_val", image=val_images, label=val_labels)
 
-  def loss_fn(params, model_state, batch, rng, step):
-    del rng
+  def loss_fn(params, batch, ctx):
     logits = model.apply({"params": params}, batch["image"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    loss = jnp.where(step == config.nan_at_step, jnp.nan, loss)  # test hook (-1: never)
-    return loss, ({"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, model_state)
+    loss = jnp.where(ctx.step == config.nan_at_step, jnp.nan, loss)  # test hook (-1: never)
+    return loss, ({"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}, ctx.model_state)
 
   def per_example(state, batch):
     logits = model.apply({"params": state["params"]}, batch["image"])

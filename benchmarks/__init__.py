@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.run NAME` (see benchmarks/run.py); workloads in benchmarks/workloads.py."""
