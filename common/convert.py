@@ -144,6 +144,8 @@ def convert_file(model_name: str, src: str, dst: str, model_kwargs: Mapping | No
   from common import torch_io  # pylint: disable=import-outside-toplevel
 
   entry = models.get(model_name)
+  if entry.converter is None:
+    raise models.ModelError(f"{model_name!r} is a native model with no PyTorch weights to convert")
   model_kwargs = dict(model_kwargs or {})
   state_dict = torch_io.load_state_dict(src)
   expected = flatten(models.abstract_variables(entry, model_kwargs))

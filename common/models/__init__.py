@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 _MODEL_MODULES = (
     "common.models.dinov2",
     "common.models.vgg",
+    "ear_teacher.model",
     "distill.models",
     "facerec.models",
 )
@@ -38,8 +39,8 @@ class ModelError(ValueError):
 class ModelEntry:
   name: str
   build: Callable[..., Any]  # (**kwargs) -> flax.linen.Module
-  input_shape: tuple[int, ...]  # example NHWC input used to initialise the variables
-  converter: Any  # common.convert.Converter
+  input_shape: Any  # example NHWC input shape for init, or a function of the build kwargs returning one
+  converter: Any  # common.convert.Converter; None for native models (e.g. an exported encoder)
   description: str = ""
 
 
@@ -75,8 +76,10 @@ def abstract_variables(entry: ModelEntry, kwargs: Mapping | None = None):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  module = entry.build(**dict(kwargs or {}))
-  x = jnp.zeros(entry.input_shape, jnp.float32)
+  kwargs = dict(kwargs or {})
+  module = entry.build(**kwargs)
+  shape = entry.input_shape(kwargs) if callable(entry.input_shape) else entry.input_shape
+  x = jnp.zeros(shape, jnp.float32)
   return jax.eval_shape(lambda: module.init(jax.random.key(0), x))
 
 

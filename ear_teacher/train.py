@@ -1,0 +1,190 @@
+"""Ear VAE teacher trainer: the loss recipe, evaluation with health checks, recon grids, encoder export.
+
+Entry point: python -m ear_teacher.main --config configs/ear_teacher/default.py --workdir DIR ...
+Resume order (common.trainer): DIR/checkpoints > config.init_from (converted DINOv2 into the encoder's
+backbone) > scratch. The VGG16 of the perceptual term is a fixed loss network: loaded from
+config.perceptual.vgg_path, passed to each step as a constant, never trained or checkpointed.
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from common import data, models, parallel, trainer
+from common.models import vgg as vgg_lib
+from ear_teacher import losses, model as model_lib
+from ear_teacher.data import NpyImageSource
+
+TERMS = ("l1", "perceptual", "ssim", "edge", "kl", "contrastive")
+
+
+def backbone_freeze_patterns(trainable_blocks: int, depth: int) -> tuple[str, ...]:
+  """optim.freeze regexes for the DINOv2 backbone: 0 frozen, -1 all trainable, N = last N blocks + norm."""
+  prefix = "encoder/backbone/"
+  if trainable_blocks < 0 or trainable_blocks >= depth + 1:
+    return ()
+  if trainable_blocks == 0:
+    return (prefix + ".*",)
+  frozen_blocks = "|".join(str(i) for i in range(depth - trainable_blocks))
+  return (prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)",
+          prefix + f"blocks_({frozen_blocks})/.*") if frozen_blocks else (
+          prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)",)
+
+
+def per_example_terms(out, x, cfg, vgg_module, vgg_vars, mask=None):
+  """Every loss term per example (B,), plus PSNR/SSIM metrics. `mask` excludes padded rows from contrastive."""
+  recon = out["recon"]
+  wmap = losses.spatial_weight_map(x.shape[1], x.shape[2], cfg.center_weight)
+  one = lambda f: jax.vmap(lambda r, t: f(r[None], t[None]))(recon, x)  # a batch-level loss, per example
+  ssim = losses.ssim(recon, x)
+  terms = {
+      "l1": one(lambda r, t: losses.weighted_l1(r, t, wmap, focal=cfg.focal, gamma=cfg.focal_gamma)),
+      "ssim": 1.0 - ssim,
+      "edge": one(lambda r, t: losses.edge_loss(r, t, wmap)),
+      "kl": -0.5 * jnp.sum(1.0 + out["logvar"] - out["mu"] ** 2 - jnp.exp(out["logvar"]), axis=-1),
+  }
+  # contrastive: each example's mean |cosine| to the other (real) examples of the batch
+  mu = out["mu"] / (jnp.linalg.norm(out["mu"], axis=-1, keepdims=True) + 1e-8)
+  valid = jnp.ones(mu.shape[0]) if mask is None else mask
+  pair = valid[:, None] * valid[None, :] * (1.0 - jnp.eye(mu.shape[0]))
+  terms["contrastive"] = jnp.sum(jnp.abs(mu @ mu.T) * pair, -1) / jnp.maximum(jnp.sum(pair, -1), 1.0)
+  if vgg_module is not None:
+    fr, fx = vgg_module.apply(vgg_vars, recon), vgg_module.apply(vgg_vars, x)
+    terms["perceptual"] = sum(jnp.mean(jnp.abs(fr[k] - fx[k]), axis=(1, 2, 3)) for k in fr) / len(fr)
+  return terms, {"psnr": losses.psnr(recon, x), "ssim_index": ssim}
+
+
+def weights_of(cfg_loss, have_vgg: bool) -> dict:
+  w = {k: float(cfg_loss[k]) for k in TERMS}
+  if not have_vgg:
+    w["perceptual"] = 0.0
+  return w
+
+
+def load_vgg(config):
+  """(module, variables) of the perceptual VGG16, or (None, None) with a plain log line when not configured."""
+  if not config.perceptual.vgg_path:
+    logging.warning("perceptual loss OFF: no converted VGG16 (set --config.perceptual.vgg_path to a directory "
+                    "made by `python -m common.convert --model vgg16 ...`)")
+    return None, None
+  _, variables = models.load("vgg16", config.perceptual.vgg_path)
+  module = vgg_lib.VGG16(taps=tuple(config.perceptual.taps), dtype=config.perceptual.dtype)
+  return module, variables
+
+
+def save_grid(path, inputs, recons):
+  """Row 1: inputs, row 2: reconstructions; returns the uint8 grid."""
+  top, bottom = np.concatenate(list(inputs), 1), np.concatenate(list(recons), 1)
+  grid = (np.clip(np.concatenate([top, bottom], 0), 0, 1) * 255).round().astype(np.uint8)
+  Image.fromarray(grid).save(path)
+  return grid
+
+
+def make_task(config, workdir):
+  """Builds the trainer.Task plus (model, sources) for evaluation/export."""
+  cfg_m = config.model
+  if not config.train_npy or not config.val_npy:
+    raise ValueError("set --config.train_npy and --config.val_npy (make synthetic ones with "
+                     "python -m ear_teacher.synthetic --out DIR)")
+  model = model_lib.from_config(cfg_m)
+  depth = model_lib.dinov2.make(cfg_m.backbone.variant, **model.encoder.backbone_overrides).depth
+  with config.unlocked():
+    config.optim.freeze = tuple(config.optim.freeze) + backbone_freeze_patterns(config.backbone_trainable_blocks, depth)
+  if not config.init_from.path:
+    logging.warning("DINOv2 backbone has RANDOM weights: no --config.init_from.path (convert the hub checkpoint "
+                    "with `python -m common.convert --model dinov2_%s ...`)", cfg_m.backbone.variant)
+
+  size = config.image_size
+  train_src, val_src = NpyImageSource(config.train_npy), NpyImageSource(config.val_npy)
+  aug = config.augment
+  train_tf = [data.Resize(size)]
+  if aug.crop_pad:
+    train_tf.append(data.RandomCrop(size, pad=aug.crop_pad))
+  if aug.flip:
+    train_tf.append(data.RandomFlip())
+  if aug.brightness or aug.contrast:
+    train_tf.append(data.RandomBrightnessContrast(aug.brightness, aug.contrast))
+  val_tf = [data.Resize(size)]
+
+  vgg_module, vgg_vars = load_vgg(config)
+  weights = weights_of(config.loss, vgg_module is not None)
+
+  def loss_fn(params, batch, ctx):
+    x = batch["image"]
+    out = model.apply({"params": params}, x, train=True, rngs={"reparam": ctx.rng})
+    terms, metrics = per_example_terms(out, x, config.loss, vgg_module, ctx.constants)
+    total, parts = losses.total_loss({k: v.mean() for k, v in terms.items()}, weights)
+    return total, ({**parts, **{k: v.mean() for k, v in metrics.items()}}, ctx.model_state)
+
+  mesh = parallel.make_mesh()
+  vgg_on_device = None if vgg_vars is None else parallel.from_host(vgg_vars, parallel.param_sharding(mesh, vgg_vars))
+
+  def per_example(state, batch):
+    x = batch["image"]
+    out = model.apply({"params": state["params"]}, x, train=False)
+    terms, metrics = per_example_terms(out, x, config.loss, vgg_module, vgg_on_device, batch["mask"])
+    total = sum(weights[k] * v for k, v in terms.items() if weights[k])
+    return {**{f"val/{k}": v for k, v in terms.items()}, "val/total": total,
+            **{f"val/{k}": v for k, v in metrics.items()}}
+
+  recon_fn = jax.jit(lambda params, x: model.apply({"params": params}, x)["recon"])
+
+  def eval_fn(state, step):
+    local = parallel.local_batch_size(config.batch_size)
+    batches = data.eval_batches(val_src, global_batch=config.batch_size, local_batch=local, transforms=val_tf)
+    result = trainer.evaluate(per_example, state, batches, mesh)
+    check_health(result, state, step)
+    return result
+
+  def check_health(result, state, step):
+    """The seed's warning signs (spec 000 'What to Watch'), as log warnings, plus a recon grid."""
+    kl = result["val/kl"]
+    if not cfg_m.ae_mode and kl > config.health.kl_high:
+      logging.warning("step %d: KL %.1f > %.0f: regularisation too strong (blur); lower loss.kl", step, kl,
+                      config.health.kl_high)
+    if not cfg_m.ae_mode and kl < config.health.kl_low:
+      logging.warning("step %d: KL %.1f < %.0f: too weak, may memorise", step, kl, config.health.kl_low)
+    n = min(config.grid_images, len(val_src))
+    x = np.stack([val_tf[0].map(val_src[i])["image"] for i in range(n)])
+    params = parallel.to_host(state["params"])
+    recon = np.asarray(recon_fn(params, x))
+    spread_in, spread_out = x.std(0).mean(), recon.std(0).mean()
+    result["val/recon_spread_ratio"] = float(spread_out / max(spread_in, 1e-8))
+    if spread_out < config.health.collapse_ratio * spread_in:
+      logging.warning("step %d: reconstructions are collapsing to one image (spread %.4f vs inputs %.4f)",
+                      step, spread_out, spread_in)
+    if jax.process_index() == 0:
+      save_grid(os.path.join(workdir, f"recon_step{step:06d}.png"), x, recon)
+      save_grid(os.path.join(workdir, "recon_latest.png"), x, recon)
+
+  task = trainer.Task(init_variables=lambda rng: model.init({"params": rng, "reparam": rng},
+                                                             jnp.zeros((1, size, size, 3)), train=True),
+                      loss_fn=loss_fn, train_source=train_src, train_transforms=train_tf, eval_fn=eval_fn,
+                      constants=vgg_vars)
+  return task, model, val_src, val_tf
+
+
+def export_encoder(params, config, dst: str) -> None:
+  """Saves backbone + encoder head as a model directory: `common.models.load("ear_teacher_encoder", dst)`."""
+  enc = jax.tree.map(np.asarray, params["encoder"])
+  models.save(dst, "ear_teacher_encoder", model_lib.encoder_kwargs(config.model), {"params": enc})
+
+
+def train_and_evaluate(config, workdir):
+  task, _, _, _ = make_task(config, workdir)
+  state = trainer.train(config, workdir, task)
+  if jax.process_index() == 0:
+    dst = os.path.join(workdir, "encoder_export")
+    if os.path.exists(dst):
+      import shutil  # pylint: disable=import-outside-toplevel
+      shutil.rmtree(dst)  # re-exported after every (resumed) run: it mirrors the final state
+    export_encoder(parallel.to_host(state["params"]), config, dst)
+    logging.info("exported the encoder to %s", dst)
+  with open(os.path.join(workdir, "final_step.json"), "w") as f:
+    json.dump({"step": int(parallel.to_host(state["step"]))}, f)
+  return state

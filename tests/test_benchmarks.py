@@ -1,0 +1,60 @@
+"""benchmarks.run end to end on CPU, on 1-block DINOv2s (the hidden --depth) so that it stays fast."""
+
+import json
+
+import jax
+import pytest
+
+from benchmarks import run
+
+
+def _run(tmp_path, *args):
+  out = tmp_path / "bench.json"
+  run.main(["dinov2_forward", "--device", "cpu", "--repeats", "2", "--warmup", "1", "--depth", "1", *args,
+            "--out", str(out)])
+  return json.loads(out.read_text())
+
+
+def _check_framework(r, images):
+  assert r["compile_s"] > 0 and r["peak_memory_bytes"] >= 0 and r["peak_memory_method"]
+  s = r["step_s"]
+  assert len(s["all"]) == 2 and 0 < s["min"] <= s["p10"] <= s["median"] <= s["p90"] <= s["max"]
+  assert r["images_per_s"] == pytest.approx(images / s["median"])
+  assert r["mfu"] is None  # CPU: no peak-FLOPs figure
+
+
+def test_single_variant_record(tmp_path):
+  r = _run(tmp_path, "--variant", "s14_224", "--batch", "1")
+  assert (r["workload"], r["variant"]) == ("dinov2_forward", "s14_224")
+  assert r["config"] == {"device": "cpu", "batch": 1, "images_per_step": 1, "repeats": 2, "warmup": 1,
+                         "precision": "highest", "dtype": "float32", "overrides": {"depth": 1}}
+  for fw in ("jax", "torch"):
+    _check_framework(r[fw], 1)
+  assert r["jax"]["lower_s"] < r["jax"]["compile_s"]
+  assert r["jax"]["flops_per_step"] > 1e9  # one ViT-S block on 257 tokens plus the patch embedding: ~1.2 GFLOP
+  assert r["jax_over_torch_images_per_s"] == pytest.approx(r["jax"]["images_per_s"] / r["torch"]["images_per_s"])
+  assert r["peak_flops_per_s"] is None and set(r["definitions"]) >= {"compile_s", "step_s", "mfu"}
+  env = r["environment"]
+  assert env["versions"]["jax"] == jax.__version__ and env["device_kind"] == "cpu"
+  assert env["cpu_count"] >= 1 and env["torch_num_threads"] >= 1
+
+
+def test_variant_list_with_batch_per_variant(tmp_path):
+  records = _run(tmp_path, "--variant", "s14_224,b14_224", "--batch", "1,2")
+  assert [(r["variant"], r["config"]["batch"]) for r in records] == [("s14_224", 1), ("b14_224", 2)]
+  assert records[1]["jax"]["flops_per_step"] > 3 * records[0]["jax"]["flops_per_step"]  # 2x batch, ~3.5x FLOPs per image
+
+
+def test_gpu_request_without_gpu_fails_in_one_line(tmp_path, capsys):
+  if any(d.platform == "gpu" for d in jax.devices()):
+    pytest.skip("a GPU is present")
+  with pytest.raises(SystemExit) as e:
+    run.main(["dinov2_forward", "--device", "gpu", "--out", str(tmp_path / "x.json")])
+  assert e.value.code != 0 and "no GPU" in str(e.value.code) and "\n" not in str(e.value.code)
+  assert not (tmp_path / "x.json").exists()
+
+
+def test_bad_variant_is_a_usage_error(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    run.main(["dinov2_forward", "--variant", "l14_224", "--out", str(tmp_path / "x.json")])
+  assert e.value.code == 2
