@@ -10,13 +10,14 @@ The JSON holds one record per variant (a list when several run) and explains its
 """
 
 import argparse
+import ctypes
 import datetime
+import gc
 import importlib.metadata
 import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 
@@ -58,11 +59,14 @@ def _status_kib(field: str) -> int:
 
 
 def _rss_start():
+  gc.collect()
   try:
+    # Freed heap stays resident under glibc; returning it first keeps the previous run from hiding this one's peak.
+    ctypes.CDLL(None).malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
       f.write("5")  # resets the peak RSS (VmHWM), so the second framework gets a peak of its own
     return "VmHWM", _status_kib("VmRSS")
-  except OSError:
+  except (OSError, AttributeError):  # not Linux / glibc
     return "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -100,10 +104,6 @@ def _flops(compiled) -> float | None:
   if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
     cost = cost[0] if cost else None
   return float(cost["flops"]) if cost and cost.get("flops", 0) > 0 else None
-
-
-def _peak_flops(device_kind: str, column: str) -> float | None:
-  return next((table[column] for key, table in PEAK_FLOPS if key in device_kind), None)
 
 
 def _time_jax(wl, variant, batch, opts, device, overrides) -> dict:
@@ -164,18 +164,13 @@ def _environment(device) -> dict:
       return None
 
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                            cwd=os.path.dirname(os.path.abspath(__file__)), check=True).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    commit = None
-  try:
     with open("/proc/cpuinfo") as f:
       cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
   except OSError:
     cpu = platform.processor() or None
   return {
       "versions": {p: version(p) for p in ("jax", "jaxlib", "flax", "torch", "transformers")},
-      "python": platform.python_version(), "platform": platform.platform(), "git_commit": commit,
+      "python": platform.python_version(), "platform": platform.platform(),
       "jax_device": str(device), "device_kind": device.device_kind, "cpu_model": cpu,
       "torch_device": torch.cuda.get_device_name() if torch and device.platform == "gpu" else None,
       "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
@@ -187,7 +182,8 @@ def _environment(device) -> dict:
 
 def bench(wl, variant, batch, opts, device, overrides) -> dict:
   column = "bf16" if wl.dtype == "bfloat16" else "fp32" if opts.precision == "highest" else "tf32"
-  peak = _peak_flops(device.device_kind, column) if opts.device == "gpu" else None
+  known = [t[column] for key, t in PEAK_FLOPS if key in device.device_kind and opts.device == "gpu"]
+  peak = known[0] if known else None
   record = {
       "workload": wl.name, "variant": variant, "description": wl.description,
       "config": {"device": opts.device, "batch": batch, "images_per_step": wl.images_per_step(batch),
@@ -210,16 +206,13 @@ def bench(wl, variant, batch, opts, device, overrides) -> dict:
   return record
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",")]
-
-
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
   p.add_argument("name", choices=workloads.names())
   p.add_argument("--variant", help="one of the workload's variants, a comma list, or 'all'")
   p.add_argument("--device", choices=("cpu", "gpu"), help="default: gpu when JAX sees one, else cpu")
-  p.add_argument("--batch", type=_ints, help="N, or one N per variant (comma list); default: the workload's")
+  p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")],
+                 help="N, or one N per variant (comma list); default: the workload's")
   p.add_argument("--repeats", type=int)
   p.add_argument("--warmup", type=int)
   p.add_argument("--precision", choices=("highest", "default"), default="highest",

@@ -118,3 +118,26 @@ class Checkpointer:
 def abstract_like(tree, shardings):
   """ShapeDtypeStructs carrying the target shardings, for Orbax restores."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def load_trained_params(workdir: str, step: int | None = None):
+  """A training run's params as host numpy arrays (latest step by default), for evaluation and export.
+
+  Restores onto one local device whatever topology saved it (e.g. a multi-host run read on a laptop).
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir} has no checkpoints/; train first or pass the run's --workdir")
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"{directory} has no step {step}; available: {steps}")
+  path = os.path.join(directory, str(step), "state")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path).item_metadata.tree
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    restored = ckptr.restore(path, target)
+  return jax.tree.map(np.asarray, restored["params"]), step

@@ -72,6 +72,12 @@ class _QuietLibraries(std_logging.Filter):
         f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax", "absl"))
 
 
+def quiet_logging() -> None:
+  """INFO for our own lines, warnings only from library internals."""
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def run_main(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> None:
   """Defines --config/--workdir and runs `train_fn(config, workdir)` under absl."""
   config_flag = config_flags.DEFINE_config_file("config", None, "get_config(arg) file, e.g. configs/x/default.py:smoke",
@@ -82,8 +88,7 @@ def run_main(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> No
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_logging()
     config, workdir = config_flag.value, os.path.abspath(workdir_flag.value)
     try:
       parallel.maybe_initialize_distributed(force=config.get("distributed", False))

@@ -36,27 +36,37 @@ def backbone_freeze_patterns(trainable_blocks: int, depth: int) -> tuple[str, ..
           prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)",)
 
 
-def per_example_terms(out, x, cfg, vgg_module, vgg_vars, mask=None):
-  """Every loss term per example (B,), plus PSNR/SSIM metrics. `mask` excludes padded rows from contrastive."""
-  recon = out["recon"]
+def pixel_terms(recon, x, cfg) -> dict:
+  """Batch-mean pixel losses with the centre map and focal weighting (scalars)."""
   wmap = losses.spatial_weight_map(x.shape[1], x.shape[2], cfg.center_weight)
-  one = lambda f: jax.vmap(lambda r, t: f(r[None], t[None]))(recon, x)  # a batch-level loss, per example
-  ssim = losses.ssim(recon, x)
-  terms = {
-      "l1": one(lambda r, t: losses.weighted_l1(r, t, wmap, focal=cfg.focal, gamma=cfg.focal_gamma)),
-      "ssim": 1.0 - ssim,
-      "edge": one(lambda r, t: losses.edge_loss(r, t, wmap)),
-      "kl": -0.5 * jnp.sum(1.0 + out["logvar"] - out["mu"] ** 2 - jnp.exp(out["logvar"]), axis=-1),
-  }
-  # contrastive: each example's mean |cosine| to the other (real) examples of the batch
+  return {"l1": losses.weighted_l1(recon, x, wmap, focal=cfg.focal, gamma=cfg.focal_gamma),
+          "ssim": losses.ssim_loss(recon, x), "edge": losses.edge_loss(recon, x, wmap)}
+
+
+def batch_terms(out, x, cfg, vgg_module, vgg_vars) -> dict:
+  """Every loss term as a batch mean (training)."""
+  terms = pixel_terms(out["recon"], x, cfg)
+  terms["kl"] = losses.kl_divergence(out["mu"], out["logvar"])
+  terms["contrastive"] = losses.contrastive_loss(out["mu"])
+  if vgg_module is not None:
+    terms["perceptual"] = losses.perceptual_loss(vgg_module.apply(vgg_vars, out["recon"]), vgg_module.apply(vgg_vars, x))
+  return terms
+
+
+def per_example_terms(out, x, cfg, vgg_module, vgg_vars, mask) -> dict:
+  """Every loss term per example (B,) for exact eval means; `mask` keeps padded rows out of contrastive."""
+  recon = out["recon"]
+  terms = jax.vmap(lambda r, t: pixel_terms(r[None], t[None], cfg))(recon, x)
+  terms["kl"] = -0.5 * jnp.sum(1.0 + out["logvar"] - out["mu"] ** 2 - jnp.exp(out["logvar"]), axis=-1)
+  # contrastive: each example's mean |cosine| to the other real examples of its batch
   mu = out["mu"] / (jnp.linalg.norm(out["mu"], axis=-1, keepdims=True) + 1e-8)
-  valid = jnp.ones(mu.shape[0]) if mask is None else mask
-  pair = valid[:, None] * valid[None, :] * (1.0 - jnp.eye(mu.shape[0]))
+  pair = mask[:, None] * mask[None, :] * (1.0 - jnp.eye(mu.shape[0]))
   terms["contrastive"] = jnp.sum(jnp.abs(mu @ mu.T) * pair, -1) / jnp.maximum(jnp.sum(pair, -1), 1.0)
   if vgg_module is not None:
     fr, fx = vgg_module.apply(vgg_vars, recon), vgg_module.apply(vgg_vars, x)
     terms["perceptual"] = sum(jnp.mean(jnp.abs(fr[k] - fx[k]), axis=(1, 2, 3)) for k in fr) / len(fr)
-  return terms, {"psnr": losses.psnr(recon, x), "ssim_index": ssim}
+  terms["psnr"], terms["ssim_index"] = losses.psnr(recon, x), losses.ssim(recon, x)
+  return terms
 
 
 def weights_of(cfg_loss, have_vgg: bool) -> dict:
@@ -91,6 +101,10 @@ def make_task(config, workdir):
   if not config.train_npy or not config.val_npy:
     raise ValueError("set --config.train_npy and --config.val_npy (make synthetic ones with "
                      "python -m ear_teacher.synthetic --out DIR)")
+  stages = len(cfg_m.decoder_channels)
+  if config.image_size % 14 or config.image_size % 2 ** stages:
+    raise ValueError(f"config.image_size={config.image_size} must be a multiple of 14 (DINOv2 patches) and of "
+                     f"2**{stages} (decoder upsamplings), e.g. {7 * 2 ** stages}")
   model = model_lib.from_config(cfg_m)
   depth = model_lib.dinov2.make(cfg_m.backbone.variant, **model.encoder.backbone_overrides).depth
   with config.unlocked():
@@ -117,9 +131,8 @@ def make_task(config, workdir):
   def loss_fn(params, batch, ctx):
     x = batch["image"]
     out = model.apply({"params": params}, x, train=True, rngs={"reparam": ctx.rng})
-    terms, metrics = per_example_terms(out, x, config.loss, vgg_module, ctx.constants)
-    total, parts = losses.total_loss({k: v.mean() for k, v in terms.items()}, weights)
-    return total, ({**parts, **{k: v.mean() for k, v in metrics.items()}}, ctx.model_state)
+    total, parts = losses.total_loss(batch_terms(out, x, config.loss, vgg_module, ctx.constants), weights)
+    return total, (parts, ctx.model_state)
 
   mesh = parallel.make_mesh()
   vgg_on_device = None if vgg_vars is None else parallel.from_host(vgg_vars, parallel.param_sharding(mesh, vgg_vars))
@@ -127,10 +140,9 @@ def make_task(config, workdir):
   def per_example(state, batch):
     x = batch["image"]
     out = model.apply({"params": state["params"]}, x, train=False)
-    terms, metrics = per_example_terms(out, x, config.loss, vgg_module, vgg_on_device, batch["mask"])
-    total = sum(weights[k] * v for k, v in terms.items() if weights[k])
-    return {**{f"val/{k}": v for k, v in terms.items()}, "val/total": total,
-            **{f"val/{k}": v for k, v in metrics.items()}}
+    terms = per_example_terms(out, x, config.loss, vgg_module, vgg_on_device, batch["mask"])
+    terms["total"] = sum(weights[k] * terms[k] for k in TERMS if weights[k])
+    return {f"val/{k}": v for k, v in terms.items()}
 
   recon_fn = jax.jit(lambda params, x: model.apply({"params": params}, x)["recon"])
 

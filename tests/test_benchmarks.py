@@ -42,7 +42,7 @@ def test_single_variant_record(tmp_path):
 def test_variant_list_with_batch_per_variant(tmp_path):
   records = _run(tmp_path, "--variant", "s14_224,b14_224", "--batch", "1,2")
   assert [(r["variant"], r["config"]["batch"]) for r in records] == [("s14_224", 1), ("b14_224", 2)]
-  assert records[1]["jax"]["flops_per_step"] > 3 * records[0]["jax"]["flops_per_step"]  # 2x batch, ~3.5x FLOPs per image
+  assert records[1]["jax"]["flops_per_step"] > 3 * records[0]["jax"]["flops_per_step"]  # 2x batch, ~3.5x per image
 
 
 def test_gpu_request_without_gpu_fails_in_one_line(tmp_path, capsys):

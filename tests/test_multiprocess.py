@@ -6,20 +6,10 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+from common import checkpoint
 
 from tests.conftest import REPO, subprocess_env
-
-
-def final_params(workdir, step):
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path).item_metadata.tree
-    # The 2-process checkpoint names devices this process lacks: restore onto one local device.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-    restored = ckptr.restore(path, target)
-  return jax.tree.map(np.asarray, restored["params"])
 
 
 def test_two_processes_match_one_process_two_devices(tmp_path):
@@ -34,7 +24,7 @@ def test_two_processes_match_one_process_two_devices(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert two.returncode == 0, two.stderr[-3000:]
   assert "process 1/2" in two.stderr  # really distributed, as logged by maybe_initialize_distributed
-  a, b = final_params(tmp_path / "one", 6), final_params(tmp_path / "two", 6)
+  (a, _), (b, _) = checkpoint.load_trained_params(tmp_path / "one"), checkpoint.load_trained_params(tmp_path / "two")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     # Same batches and order; only the all-reduce summation order may differ. Measured: 0.0 (bitwise equal) on jax 0.10.2 CPU.
     np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)

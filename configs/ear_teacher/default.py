@@ -11,7 +11,7 @@ Full GPU run (224 px, the balanced recipe, converted DINOv2 and VGG16 weights):
 Arguments (comma separated after the file name):
   strategy=balanced|pure_recon|heavy_reg|ae   the seed's loss strategies (KL 5e-6 / 1e-7 / 1e-4 / AE: z=mu, KL 0)
   smoke                                        a tiny CPU run: 1-block ViT-S at 56 px, 6 steps, seconds
-  demo                                         the `make demo` run: 2-block ViT-S at 112 px on synthetic ears, CPU minutes
+  demo                                         the `make demo` run: 2-block ViT-S at 56 px on synthetic ears, CPU minutes
 Smoke: python -m ear_teacher.main --config configs/ear_teacher/default.py:smoke --workdir /tmp/ear_smoke \
          --config.train_npy=/tmp/ears/train.npy --config.val_npy=/tmp/ears/val.npy
        (make data with python -m ear_teacher.synthetic --out /tmp/ears); finishes in < 1 min on 2 CPU cores.
@@ -68,13 +68,13 @@ def get_config(arg=None):
   c.grid_images = 8
 
   if a.smoke or a.demo:
-    c.image_size = 56 if a.smoke else 112
+    c.image_size = 56
     c.model.backbone.depth = 1 if a.smoke else 2
     c.model.latent_dim, c.model.encoder_hidden, c.model.encoder_heads = 64, 128, 4
-    c.model.decoder_channels = (64, 32, 16) if a.smoke else (96, 64, 32, 16)
+    c.model.decoder_channels = (64, 32, 16) if a.smoke else (128, 64, 32)
     c.batch_size, c.worker_count = 16, 0
     c.total_epochs, c.eval_every_epochs, c.ckpt_every_epochs, c.optim.warmup_epochs = 0.0, 0.0, 0.0, 0.0
-    c.total_steps = 6 if a.smoke else 300
+    c.total_steps = 6 if a.smoke else 400
     c.eval_every_steps = c.ckpt_every_steps = 3 if a.smoke else 100
     c.log_every_steps = 2 if a.smoke else 20
     c.optim.lr, c.optim.warmup_steps = 1e-3, 2 if a.smoke else 20
