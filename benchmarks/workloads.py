@@ -30,6 +30,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from benchmarks import ear_vae
 from common import convert
 from common import models
 from common.models import dinov2
@@ -132,4 +133,20 @@ register(Workload(
     make_torch=_dinov2_torch,
     variants=tuple(_DINOV2),
     default_variant="s14_224",
+))
+
+
+# --- ear_vae_train (benchmarks/ear_vae.py) ------------------------------------------------------------------------
+
+register(Workload(
+    name="ear_vae_train",
+    description=("ear VAE teacher train step at 224 px, fp32: DINOv2-S/14 (random init, fully trainable) + attention "
+                 "head -> 1024-d latent -> conv decoder; L1 (centre + focal weights), VGG16 perceptual "
+                 "(relu1_2..relu4_3, random weights), SSIM, edge, KL, contrastive; AdamW lr 3e-4, clip 1.0. JAX: "
+                 "ear_teacher + common.trainer.make_train_step, jitted, state donated; torch: the same network and "
+                 "losses in plain torch (transformers Dinov2Model, sdpa), torch.optim.AdamW, clip_grad_norm_."),
+    make_jax=ear_vae.make_jax,
+    make_torch=ear_vae.make_torch,
+    stateful=True,
+    default_batch=16,
 ))

@@ -33,7 +33,8 @@ class Task:
   loss_fn: Callable
   train_source: Any
   train_transforms: Sequence = ()
-  # (state, step) -> dict of scalar metrics; host function, called at eval steps and at the end.
+  # (state, step) -> dict of scalar metrics (and HWC image arrays, sent to TensorBoard); host function,
+  # called at eval steps and at the end.
   eval_fn: Callable[[dict, int], dict] | None = None
   # Called once after the (re)start with the state, e.g. to log what was loaded.
   on_start: Callable[[dict], None] | None = None
@@ -222,7 +223,12 @@ def train(config, workdir: str, task: Task) -> dict:
       eval_metrics = None
       if task.eval_fn is not None and _every(step, eval_every, total_steps):
         eval_metrics = task.eval_fn(state, step)
+        # HWC arrays in the result are images (e.g. reconstruction grids) for TensorBoard.
+        images = {k: v for k, v in eval_metrics.items() if np.ndim(v) == 3}
+        eval_metrics = {k: v for k, v in eval_metrics.items() if k not in images}
         writer.write(step, eval_metrics)
+        for tag, image in images.items():
+          writer.write_image(step, tag, image)
         metrics_lib.log_info("eval step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in eval_metrics.items()))
         t_log = time.perf_counter()  # keep eval time out of the throughput figure
 

@@ -171,8 +171,9 @@ def make_task(config, workdir):
       logging.warning("step %d: reconstructions are collapsing to one image (spread %.4f vs inputs %.4f)",
                       step, spread_out, spread_in)
     if jax.process_index() == 0:
-      save_grid(os.path.join(workdir, f"recon_step{step:06d}.png"), x, recon)
-      save_grid(os.path.join(workdir, "recon_latest.png"), x, recon)
+      grid = save_grid(os.path.join(workdir, f"recon_step{step:06d}.png"), x, recon)
+      Image.fromarray(grid).save(os.path.join(workdir, "recon_latest.png"))
+      result["images/reconstructions"] = grid
 
   task = trainer.Task(init_variables=lambda rng: model.init({"params": rng, "reparam": rng},
                                                              jnp.zeros((1, size, size, 3)), train=True),

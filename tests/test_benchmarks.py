@@ -1,11 +1,12 @@
 """benchmarks.run end to end on CPU, on 1-block DINOv2s (the hidden --depth) so that it stays fast."""
 
+import argparse
 import json
 
 import jax
 import pytest
 
-from benchmarks import run
+from benchmarks import run, workloads
 
 
 def _run(tmp_path, *args):
@@ -58,3 +59,21 @@ def test_bad_variant_is_a_usage_error(tmp_path):
   with pytest.raises(SystemExit) as e:
     run.main(["dinov2_forward", "--variant", "l14_224", "--out", str(tmp_path / "x.json")])
   assert e.value.code == 2
+
+
+def test_ear_vae_train_both_frameworks(tmp_path):
+  # run.bench directly: the image-size and decoder shrinkers have no CLI flag, only --depth does.
+  wl = workloads.get("ear_vae_train")
+  opts = argparse.Namespace(device="cpu", repeats=1, warmup=1, precision="highest")
+  overrides = {"depth": 1, "image_size": 56, "decoder_channels": (64, 32, 16)}
+  device = jax.devices("cpu")[0]
+  with jax.default_device(device):
+    record = run.bench(wl, None, 2, opts, device, overrides)
+  out = tmp_path / "bench.json"
+  out.write_text(json.dumps(record))
+  r = json.loads(out.read_text())
+  assert r["workload"] == "ear_vae_train" and r["config"]["batch"] == 2
+  for fw in ("jax", "torch"):
+    assert r[fw]["compile_s"] > 0 and len(r[fw]["step_s"]["all"]) == 1 and r[fw]["images_per_s"] > 0
+  assert r["jax"]["flops_per_step"] > 0
+  assert r["jax_over_torch_images_per_s"] == pytest.approx(r["jax"]["images_per_s"] / r["torch"]["images_per_s"])

@@ -48,7 +48,7 @@ def test_freeze_patterns():
                                                "encoder/backbone/blocks_3/w", "encoder/head/w"]
 
 
-def test_smoke_training_lowers_loss_evaluates_and_exports(ear_data, tmp_path):
+def test_smoke_training_lowers_loss_evaluates_and_exports(ear_data, tmp_path, caplog):
   c = smoke_config(ear_data, total_steps=10, log_every_steps=2, eval_every_steps=5, ckpt_every_steps=5)
   from common import config as config_lib
   config_lib.write_config(c, str(tmp_path))
@@ -62,6 +62,11 @@ def test_smoke_training_lowers_loss_evaluates_and_exports(ear_data, tmp_path):
   assert "val/perceptual" not in evals[-1]  # no VGG configured: the term is off
   assert evals[-1]["val/psnr"] > evals[0]["val/psnr"]
   assert (tmp_path / "recon_latest.png").exists() and (tmp_path / "recon_step000010.png").exists()
+  # the seed's health checks: a tiny fresh model's KL is far below the healthy 100-300 band
+  assert any("too weak, may memorise" in r.getMessage() for r in caplog.records)
+  assert any("DINOv2 backbone has RANDOM weights" in r.getMessage() for r in caplog.records)
+  assert any("perceptual loss OFF" in r.getMessage() for r in caplog.records)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
 
   report = evaluate.evaluate(str(tmp_path))
   assert set(report["features"]) == {"different_ears", "same_ear_aug", "similar_ears"}

@@ -129,6 +129,12 @@ def test_optimizer_variants_train(tmp_path, name, schedule):
   assert int(state["step"]) == 4
 
 
+def test_profiler_trace_for_a_step_range(tmp_path):
+  run(tmp_path, total_steps=3, **{"profile.start_step": 1, "profile.num_steps": 1})
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
+  assert any(f.endswith((".xplane.pb", ".trace.json.gz")) for f in traces), traces
+
+
 def test_keep_latest_and_best(tmp_path):
   run(tmp_path, total_steps=12, ckpt_every_steps=2, eval_every_steps=4, keep_ckpts=1, keep_best=1)
   kept = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
