@@ -109,7 +109,8 @@ def make_jax(batch: int, device, variant=None, depth=None, image_size=None, deco
     return total, (parts, ctx.model_state)
 
   init_variables = lambda rng: model.init({"params": rng, "reparam": rng}, jnp.zeros((1, size, size, 3)), train=True)
-  init_rng = jax.random.key(0)
+  # An rbg key: XLA compiles its random initialisers ~3x faster than threefry's, and init values don't affect timing.
+  init_rng = jax.random.key(0, impl="rbg")
   # Nothing frozen: the backbone trains too (backbone_trainable_blocks = -1).
   mask = optim.trainable_mask(jax.eval_shape(init_variables, init_rng)["params"], ())
 

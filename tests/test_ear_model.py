@@ -55,3 +55,18 @@ def test_wrong_image_size_is_a_clear_error():
   m = tiny()
   with pytest.raises(ValueError, match="expects 56x56"):
     m.init({"params": jax.random.key(0), "reparam": jax.random.key(0)}, jnp.zeros((1, 42, 42, 3)))
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  c = default.get_config("smoke").model
+  c.dtype = "bfloat16"
+  m = model_lib.from_config(c)
+  x = jnp.asarray(np.random.default_rng(0).random((2, 56, 56, 3)), jnp.float32)
+  v = m.init({"params": jax.random.key(0), "reparam": jax.random.key(1)}, x)
+  assert {leaf.dtype for leaf in jax.tree.leaves(v["params"])} == {jnp.dtype(jnp.float32)}
+  out = m.apply(v, x)
+  ref = model_lib.from_config(default.get_config("smoke").model).apply(v, x)
+  assert out["mu"].dtype == jnp.float32 and out["recon"].dtype == jnp.float32  # heads cast back to float32
+  # bf16 keeps ~3 significant digits: close to the fp32 model, not equal to it
+  err = float(jnp.max(jnp.abs(out["recon"] - ref["recon"])))
+  assert 0 < err < 0.05, err
