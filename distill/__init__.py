@@ -1,5 +1,6 @@
 """Deepfake detection by patch-level distillation from LaDeDa to Tiny-LaDeDa (spec 002/003).
 
-Not implemented yet: this package is where issue 4 lands (models with converters in distill/models.py,
-registered with common.models; the staged workflow in distill/main.py on common.trainer).
+So far: the two models with their PyTorch converters (distill/models.py, registered as `ladeda9` and
+`tiny_ladeda`). The staged workflow (diagnose / fine-tune / evaluate the teacher, single and two-stage
+student, evaluation) is still to come (issue 4).
 """
