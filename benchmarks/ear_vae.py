@@ -210,7 +210,7 @@ def _torch_vgg_features(trunk, tap_at, x, mean, std) -> list:
 
 
 def _torch_weight_map(size: int, center_weight: float, device):
-  """losses.spatial_weight_map in torch: 1 + (cw - 1) exp(-r^2 / 2 * 0.5^2) on [-1, 1] coordinates, mean 1."""
+  """losses.spatial_weight_map in torch: 1 + (cw - 1) exp(-r^2 / (2 * 0.5^2)) on [-1, 1] coordinates, mean 1."""
   import torch  # pylint: disable=import-outside-toplevel
 
   u = 2.0 * (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size - 1.0
