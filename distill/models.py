@@ -256,7 +256,6 @@ CONVERTER = convert.Converter(
     ),
     ignore=(r"(.*\.)?num_batches_tracked",),
 )
-TINY_CONVERTER = CONVERTER
 
 models.register(models.ModelEntry(
     name="ladeda9",
@@ -271,7 +270,7 @@ models.register(models.ModelEntry(
     name="tiny_ladeda",
     build=TinyLaDeDa,
     input_shape=(1, 256, 256, 3),
-    converter=TINY_CONVERTER,
+    converter=CONVERTER,  # one rule table serves both layouts
     description="Tiny-LaDeDa student (right_diag gradient, 4 convs x 8 ch, 1,297 params, mean-pooled patch logits); "
                 "WildRF_Tiny_LaDeDa.pth / ForenSynth_Tiny_LaDeDa.pth",
 ))
