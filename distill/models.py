@@ -2,7 +2,7 @@
 
 Cavia et al., "Real-Time Deepfake Detection in the Real-World" (arXiv 2406.09398); official PyTorch code
 `barcavia/RealTime-DeepfakeDetection-in-the-RealWorld` (`networks/LaDeDa.py`, `networks/Tiny_LaDeDa.py`). This is a
-reimplementation from the architecture description in /work/shared/research/ladeda.md, not a copy of that code
+reimplementation from the architecture description in shared/research/ladeda.md, not a copy of that code
 (which is under the Yissum research-only licence; so are the official weights converted with the rules below).
 
 Both models map an NHWC batch to a per-patch logit map and pool it to one image logit by the **mean**:

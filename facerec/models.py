@@ -2,7 +2,7 @@
 
 George et al., "EdgeFace: Efficient Face Recognition Model for Edge Devices" (IEEE T-BIOM 2024); official code
 `otroshi/edgeface` (BSD-3-Clause), which builds timm's EdgeNeXt (Apache-2.0) and swaps its linears for low-rank
-pairs. This is a reimplementation from the architecture description in /work/shared/research/edgeface.md, not a
+pairs. This is a reimplementation from the architecture description in shared/research/edgeface.md, not a
 copy of either code base. The released weights are CC BY-NC-SA 4.0 (non-commercial, share-alike).
 
     module = EdgeFace(**VARIANTS["edgeface_xs_gamma_06"])      # or models.load("edgeface_xs_gamma_06", dir)

@@ -1,7 +1,7 @@
 """EdgeFace: parity with a plain-torch EdgeNeXt + LoRaLin laid out like otroshi/edgeface's `get_model(...)`.
 
 timm is not usable here, so the reference below rebuilds the module tree of `TimmFRWrapperV2(edgenext_*)` after
-`replace_linear_with_lowrank_2` by hand (from /work/shared/research/edgeface.md); its `state_dict()` has the original
+`replace_linear_with_lowrank_2` by hand (from shared/research/edgeface.md); its `state_dict()` has the original
 keys (`model.stages.1.blocks.2.xca.qkv.linear2.weight`, ...), checked against the entry/parameter counts in the notes.
 """
 
