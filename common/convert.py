@@ -40,13 +40,6 @@ def conv(x: Array) -> Array:
   return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
 
 
-def squeeze_leading(x: Array) -> Array:
-  """(1, 1, D) tokens / (1, N, D) tables stored with a batch axis -> drop the leading singleton axes."""
-  while x.ndim > 1 and x.shape[0] == 1:
-    x = x[0]
-  return x
-
-
 @dataclasses.dataclass(frozen=True)
 class Rule:
   pattern: str  # regex that must fully match a torch key

@@ -116,11 +116,9 @@ def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_n
       if aug:
         rng = np.random.default_rng(0)
         images = np.stack([_apply(augment, {"image": im}, rng)["image"] for im in images])
-      mu = parallel.to_host(encode(params, parallel.to_global({"x": images}, mesh)["x"]))
-      mask = parallel.to_host(jax.jit(lambda m: m, out_shardings=parallel.replicated(mesh))(
-          parallel.to_global({"m": b["mask"]}, mesh)["m"]))
-      out.append(mu[mask > 0])
-    return np.concatenate(out)
+      out.append(parallel.to_host(encode(params, parallel.to_global({"x": images}, mesh)["x"])))
+    # Batches follow the global example order and padding only fills the tail: the first N rows are real.
+    return np.concatenate(out)[:len(source)]
 
   summary, raw = similarity_report(features(False), features(True), ids)
   report = {"step": step, "val_npy": os.path.abspath(val_path), "num_images": len(source),

@@ -6,7 +6,6 @@ backbone) > scratch. The VGG16 of the perceptual term is a fixed loss network: l
 config.perceptual.vgg_path, passed to each step as a constant, never trained or checkpointed.
 """
 
-import json
 import os
 
 from absl import logging
@@ -26,14 +25,14 @@ TERMS = ("l1", "perceptual", "ssim", "edge", "kl", "contrastive")
 def backbone_freeze_patterns(trainable_blocks: int, depth: int) -> tuple[str, ...]:
   """optim.freeze regexes for the DINOv2 backbone: 0 frozen, -1 all trainable, N = last N blocks + norm."""
   prefix = "encoder/backbone/"
-  if trainable_blocks < 0 or trainable_blocks >= depth + 1:
+  if trainable_blocks < 0 or trainable_blocks > depth:
     return ()
   if trainable_blocks == 0:
     return (prefix + ".*",)
-  frozen_blocks = "|".join(str(i) for i in range(depth - trainable_blocks))
-  return (prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)",
-          prefix + f"blocks_({frozen_blocks})/.*") if frozen_blocks else (
-          prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)",)
+  patterns = [prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)"]
+  if trainable_blocks < depth:
+    patterns.append(prefix + f"blocks_({'|'.join(str(i) for i in range(depth - trainable_blocks))})/.*")
+  return tuple(patterns)
 
 
 def pixel_terms(recon, x, cfg) -> dict:
@@ -198,6 +197,4 @@ def train_and_evaluate(config, workdir):
       shutil.rmtree(dst)  # re-exported after every (resumed) run: it mirrors the final state
     export_encoder(parallel.to_host(state["params"]), config, dst)
     logging.info("exported the encoder to %s", dst)
-  with open(os.path.join(workdir, "final_step.json"), "w") as f:
-    json.dump({"step": int(parallel.to_host(state["step"]))}, f)
   return state

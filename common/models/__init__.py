@@ -113,8 +113,8 @@ def read_meta(path: str) -> dict:
     return json.load(f)
 
 
-def load_variables(path: str, abstract=None):
-  """Restores the variables tree of a converted directory as numpy arrays (optionally onto `abstract`)."""
+def load_variables(path: str):
+  """Restores the variables tree of a converted directory (checked by the caller against the model)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   path = os.path.abspath(path)
@@ -122,7 +122,7 @@ def load_variables(path: str, abstract=None):
   if not os.path.isdir(var_dir):
     raise ModelError(f"{path} has no variables/ checkpoint; re-run python -m common.convert")
   with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(var_dir, abstract) if abstract is not None else ckptr.restore(var_dir)
+    return ckptr.restore(var_dir)
 
 
 def load(name_or_path: str, path: str | None = None):
