@@ -18,9 +18,8 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw
 
-from common import checkpoint, data, parallel, trainer
+from common import checkpoint, data, parallel, plots, trainer
 from ear_teacher import losses, model as model_lib
 from ear_teacher.data import NpyImageSource
 
@@ -52,29 +51,6 @@ def similarity_report(mu: np.ndarray, mu_aug: np.ndarray, ids: np.ndarray | None
   summary = {k: {"mean": float(v.mean()), "std": float(v.std()), "n": int(v.size), "target": targets[k]}
              for k, v in raw.items()}
   return summary, raw
-
-
-def histogram_png(path: str, raw: dict, width: int = 640, height: int = 360, bins: int = 40) -> None:
-  """Overlaid cosine-similarity histograms in [-1, 1], one colour per check (PIL only: no matplotlib dep)."""
-  colours = {"different_ears": (220, 60, 60), "same_ear_aug": (40, 150, 40), "similar_ears": (50, 90, 220)}
-  img = Image.new("RGB", (width, height), "white")
-  draw = ImageDraw.Draw(img)
-  left, bottom, top = 40, height - 40, 40
-  draw.line([(left, bottom), (width - 10, bottom)], fill="black")
-  for x in (-1.0, -0.5, 0.0, 0.5, 1.0):
-    px = left + (x + 1) / 2 * (width - 10 - left)
-    draw.line([(px, bottom), (px, bottom + 5)], fill="black")
-    draw.text((px - 10, bottom + 8), f"{x:g}", fill="black")
-  for i, (name, values) in enumerate(raw.items()):
-    counts, edges = np.histogram(values, bins=bins, range=(-1, 1))
-    frac = counts / max(counts.sum(), 1)
-    scale = (bottom - top) / max(frac.max(), 1e-8)
-    for c, lo, hi in zip(frac, edges[:-1], edges[1:]):
-      x0 = left + (lo + 1) / 2 * (width - 10 - left)
-      x1 = left + (hi + 1) / 2 * (width - 10 - left)
-      draw.rectangle([x0 + 1, bottom - c * scale, x1 - 1, bottom], outline=colours[name])
-    draw.text((left + 10, 8 + 14 * i), f"{name}: mean {values.mean():.3f}", fill=colours[name])
-  img.save(path)
 
 
 def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_npy: str = "") -> dict:
@@ -127,7 +103,8 @@ def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_n
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "feature_report.json"), "w") as f:
       json.dump(report, f, indent=2)
-    histogram_png(os.path.join(workdir, "feature_similarity.png"), raw)
+    plots.histogram_png(os.path.join(workdir, "feature_similarity.png"), raw, value_range=(-1.0, 1.0),
+                        title="cosine similarity of encoder mu")
   return report
 
 
