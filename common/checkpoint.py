@@ -70,6 +70,35 @@ def load_init_from(params, path: str, into: str = "", dont_load: Sequence[str] =
   return unflatten(flat)
 
 
+def load_init_from_collections(model_state: dict, path: str, into: str = "", dont_load: Sequence[str] = ()) -> dict:
+  """Fills non-trained collections (e.g. `batch_stats`) of `model_state` from a converted directory, strictly.
+
+  Only collections the directory holds are loaded; the others keep their init values (logged), so weights
+  converted without running statistics still initialise a model that has them.
+  """
+  from common import models  # pylint: disable=import-outside-toplevel
+
+  loaded = models.load_variables(path)
+  out = dict(model_state)
+  for name, tree in model_state.items():
+    if name not in loaded:
+      logging.warning("init_from %s has no %r collection: it stays at its initial values", path, name)
+      continue
+    sub = tree
+    for part in filter(None, into.split("/")):
+      sub = sub.get(part, {}) if isinstance(sub, dict) else {}
+    if into and not sub:
+      continue  # the subtree `into` has no such collection (e.g. a BatchNorm-free backbone)
+    merged = merge_strict(sub, loaded[name], dont_load, source=f"{path} [{name}]")
+    if not into:
+      out[name] = merged
+    else:
+      flat = {k: v for k, v in flatten(tree).items() if not k.startswith(into.strip("/") + "/")}
+      flat.update({f"{into.strip('/')}/{k}": v for k, v in flatten(merged).items()})
+      out[name] = unflatten(flat)
+  return out
+
+
 class Checkpointer:
   """Async Orbax manager keeping the latest N steps plus the best K by a metric."""
 
@@ -120,17 +149,43 @@ def abstract_like(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def load_trained_params(workdir: str, step: int | None = None):
-  """A training run's params as host numpy arrays (latest step by default), for evaluation and export.
-
-  Restores onto one local device whatever topology saved it (e.g. a multi-host run read on a laptop).
-  """
+def available_steps(workdir: str) -> list[int]:
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{workdir} has no checkpoints/; train first or pass the run's --workdir")
   steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
   if not steps:
     raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+  return steps
+
+
+def best_step(workdir: str, metric: str, mode: str = "max") -> int:
+  """The saved step with the best logged `metric` (from metrics.jsonl); the latest step if none was logged."""
+  from common import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  steps = available_steps(workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = metrics_lib.read_jsonl(path) if os.path.isfile(path) else []
+  scored = {r["step"]: r[metric] for r in rows if metric in r and r["step"] in steps and np.isfinite(r[metric])}
+  if not scored:
+    return steps[-1]
+  pick = max if mode == "max" else min
+  return pick(scored, key=lambda s: (scored[s], s))
+
+
+def load_trained_params(workdir: str, step: int | None = None):
+  """A training run's params as host numpy arrays (latest step by default), for evaluation and export."""
+  state, step = load_trained_state(workdir, step)
+  return state["params"], step
+
+
+def load_trained_state(workdir: str, step: int | None = None):
+  """A training run's whole state dict as host numpy arrays (latest step by default).
+
+  Restores onto one local device whatever topology saved it (e.g. a multi-host run read on a laptop).
+  """
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = available_steps(workdir)
   step = steps[-1] if step is None else step
   if step not in steps:
     raise FileNotFoundError(f"{directory} has no step {step}; available: {steps}")
@@ -140,4 +195,4 @@ def load_trained_params(workdir: str, step: int | None = None):
     meta = ckptr.metadata(path).item_metadata.tree
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
     restored = ckptr.restore(path, target)
-  return jax.tree.map(np.asarray, restored["params"]), step
+  return jax.tree.map(np.asarray, restored), step

@@ -48,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.preemption_sync_every = 10  # multi-process only: steps between SIGTERM agreement
   c.optim = optim.default_config()
   c.init_from = ml_collections.ConfigDict(dict(path="", into="", dont_load=()))
+  # Evaluation-driven control, each off while its metric is "" (metric names as eval_fn returns them):
+  # plateau: torch ReduceLROnPlateau, the lr is multiplied by `factor` (not below `min_scale` x the schedule)
+  #   when more than `patience` evaluations in a row did not improve on the best;
+  # early_stop: training ends (saving the state) after `patience` evaluations in a row without improvement.
+  c.plateau = ml_collections.ConfigDict(dict(metric="", mode="max", factor=0.1, patience=2, min_scale=1e-4))
+  c.early_stop = ml_collections.ConfigDict(dict(metric="", mode="max", patience=5))
   c.profile = ml_collections.ConfigDict(dict(start_step=10, num_steps=0))  # num_steps=0: no trace
   c.distributed = False  # force jax.distributed.initialize() (auto-detected cluster)
   return c

@@ -142,13 +142,48 @@ class _ProcessRows(grain.MapDataset):
     return f"_ProcessRows(global_batch={self.global_batch}, local_batch={self.local_batch}, p={self.process_index})"
 
 
-def train_iterator(source, *, local_batch: int, transforms: Sequence = (), seed: int = 0, worker_count: int = 0):
-  """Infinite, per-epoch reshuffled, checkpointable iterator over this process's rows of each global batch."""
+class _EpochOrder(grain.MapDataset):
+  """`source` read in the order a sampler gives per epoch: element i is source[order.indices(e, seed)[j]] with
+  (e, j) = divmod(i, len(order)). The order object must be deterministic in (epoch, seed), so every process
+  agrees on it and a resumed iterator (a position) sees the same examples."""
+
+  def __init__(self, source, order, seed: int, epochs: int = 1_000_000):
+    super().__init__()
+    self.source, self.order, self.order_seed, self.epochs = source, order, seed, epochs
+    self._cached = (None, None)
+
+  def __len__(self):
+    return len(self.order) * self.epochs
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, j = divmod(index, len(self.order))
+    if self._cached[0] != epoch:
+      self._cached = (epoch, np.asarray(self.order.indices(epoch, self.order_seed)))
+    return self.source[int(self._cached[1][j])]
+
+  def __str__(self):
+    return f"_EpochOrder({self.order!r}, seed={self.order_seed})"
+
+
+def train_iterator(source, *, local_batch: int, transforms: Sequence = (), seed: int = 0, worker_count: int = 0,
+                   order=None):
+  """Infinite, checkpointable iterator over this process's rows of each global batch.
+
+  Default order: a seeded reshuffle per epoch. `order` (an object with `__len__` = examples per epoch and
+  `indices(epoch, seed)`) replaces it, e.g. with P x K identity batches.
+  """
   global_batch = local_batch * jax.process_count()
-  if len(source) < global_batch:
-    raise ValueError(f"{source!r}: {len(source)} examples is fewer than one global batch of {global_batch}; "
+  n = len(order) if order is not None else len(source)
+  if n < global_batch:
+    raise ValueError(f"{source!r}: {n} examples is fewer than one global batch of {global_batch}; "
                      "lower batch_size or add data")
-  ds = _apply(grain.MapDataset.source(source).seed(seed).shuffle().repeat(None), transforms)
+  if order is None:
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  else:
+    ds = _EpochOrder(source, order, seed).seed(seed)  # .seed: per-element rngs for the random transforms
+  ds = _apply(ds, transforms)
   ds = _ProcessRows(ds, global_batch, local_batch, jax.process_index())
   return iter(_prefetch(ds.batch(local_batch, drop_remainder=True), worker_count))
 

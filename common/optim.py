@@ -3,10 +3,11 @@
 Config (all trainers share the layout):
   config.optim = dict(name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9,
                       clip_grad_norm=1.0,                       # 0 disables clipping
-                      schedule="cosine",                         # cosine | constant | plateau
+                      schedule="cosine",                         # cosine | constant
                       warmup_steps=0, warmup_epochs=0.0,         # either; epochs win when > 0
-                      plateau_factor=0.5, plateau_patience=10, plateau_cooldown=0,
                       freeze=("backbone/.*",))                   # regexes on '/'-joined param paths
+Reduce-on-plateau is driven by an evaluation metric (config.plateau, see common.trainer): it multiplies
+whatever this schedule gives.
 Frozen parameters are split off before differentiation, so they get neither gradients nor optimizer
 state. Parameters are a nested dict; the trainable part is a flat {"a/b/kernel": array} dict.
 """
@@ -14,7 +15,6 @@ state. Parameters are a nested dict; the trainable part is a flat {"a/b/kernel":
 import re
 from typing import Sequence
 
-import jax
 import ml_collections
 import optax
 
@@ -50,19 +50,20 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_ep
   if cfg.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup_steps=warmup,
                                               decay_steps=max(total_steps, warmup + 1), end_value=0.0)
-  if cfg.schedule in ("constant", "plateau"):  # plateau scales this base rate down from its own state
+  if cfg.schedule == "constant":
     if warmup == 0:
       return optax.constant_schedule(cfg.lr)
     return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), optax.constant_schedule(cfg.lr)],
                                 [warmup])
-  raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; use cosine, constant or plateau")
+  raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; use cosine or constant (reduce-on-plateau: "
+                   "set config.plateau.metric)")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int):
-  """Returns (optax transformation, lr schedule). The transformation takes `value=loss` in update()."""
+  """Returns (optax transformation, lr schedule)."""
   schedule = make_schedule(cfg, total_steps, steps_per_epoch)
-  if cfg.name == "adam":
-    opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
+  if cfg.name == "adam":  # torch.optim.Adam: weight_decay is an L2 term added to the gradient
+    opt = optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(schedule, b1=cfg.b1, b2=cfg.b2))
   elif cfg.name == "adamw":
     opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
   elif cfg.name == "sgd":
@@ -74,22 +75,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_e
   if cfg.clip_grad_norm:
     parts.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
   parts.append(opt)
-  if cfg.schedule == "plateau":
-    parts.append(optax.contrib.reduce_on_plateau(factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-                                                 cooldown=cfg.plateau_cooldown))
   return optax.chain(*parts), schedule
-
-
-def plateau_scale(opt_state) -> jax.Array | float:
-  """The current reduce-on-plateau multiplier (1.0 when the schedule is not plateau)."""
-  for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)):
-    if isinstance(s, optax.contrib.ReduceLROnPlateauState):
-      return s.scale
-  return 1.0
 
 
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9, clip_grad_norm=1.0,
-      schedule="cosine", warmup_steps=0, warmup_epochs=0.0, plateau_factor=0.5, plateau_patience=10,
-      plateau_cooldown=0, freeze=()))
+      schedule="cosine", warmup_steps=0, warmup_epochs=0.0, freeze=()))

@@ -5,8 +5,10 @@ and calls `train(config, workdir, task)`. The loop owns everything else: mesh an
 optimizer (with freezing), the jitted donated `train_step(state, batch, rng)`, resume order, NaN
 checks, logging, evaluation cadence, checkpoints, preemption and profiling.
 
-Train state is a plain dict: {"step", "params", "opt_state", "model_state"}; `opt_state` covers only
-the trainable (non-frozen) parameters, `model_state` holds non-trained collections (e.g. batch_stats).
+Train state is a plain dict: {"step", "params", "opt_state", "model_state", "control"}; `opt_state` covers
+only the trainable (non-frozen) parameters, `model_state` holds non-trained collections (e.g. batch_stats),
+`control` the evaluation-driven lr scale and early-stopping counters (config.plateau / config.early_stop),
+checkpointed with the rest so a resumed run continues them exactly.
 """
 
 import dataclasses
@@ -33,6 +35,9 @@ class Task:
   loss_fn: Callable
   train_source: Any
   train_transforms: Sequence = ()
+  # Optional sampler: `len(order)` examples per epoch, `order.indices(epoch, seed)` the source indices of that
+  # epoch in global order (e.g. P x K identity batches); default a seeded shuffle per epoch.
+  train_order: Any = None
   # (state, step) -> dict of scalar metrics (and HWC image arrays, sent to TensorBoard); host function,
   # called at eval steps and at the end.
   eval_fn: Callable[[dict, int], dict] | None = None
@@ -69,15 +74,18 @@ def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
       return loss_fn(optim.merge_params(t, frozen), batch, ctx)
 
     (loss, (measurements, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
-    updates, opt_state = tx.update(grads, state["opt_state"], trainable, value=loss)
+    updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+    # Reduce-on-plateau: scaling the final updates = scaling the lr (decoupled weight decay included).
+    lr_scale = state["control"]["lr_scale"]
+    updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
     trainable = optax.apply_updates(trainable, updates)
     grad_norm = optax.global_norm(grads)
     measurements = dict(measurements, loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(trainable),
                         update_norm=optax.global_norm(updates),
-                        lr=schedule(step) * optim.plateau_scale(opt_state))
+                        lr=schedule(step) * lr_scale)
     measurements["finite"] = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = dict(step=step + 1, params=optim.merge_params(trainable, frozen), opt_state=opt_state,
-                     model_state=model_state)
+                     model_state=model_state, control=state["control"])
     return new_state, measurements
 
   return train_step
@@ -100,6 +108,25 @@ def evaluate(per_example_fn, state, batches: Iterable[dict], mesh) -> dict[str, 
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
     count += float(n)
   return {k: float(v) / count for k, v in totals.items()}
+
+
+def predict(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
+  """Per-example outputs over a whole split, on every process: `fn(state, batch) -> {name: (B, ...) arrays}`.
+
+  `batches` come from `data.eval_batches`; outputs are gathered to every process (replicated out_shardings)
+  and padded rows dropped, so rows follow the source order. For scores that need the whole split (AUC,
+  gallery-probe identification), not for huge outputs.
+  """
+  gathered = jax.jit(lambda st, b: (fn(st, b), b["mask"]), out_shardings=parallel.replicated(mesh))
+  parts, masks = [], []
+  for batch in batches:
+    out, mask = parallel.to_host(gathered(state, parallel.to_global(batch, mesh)))
+    parts.append(out)
+    masks.append(mask > 0)
+  if not parts:
+    return {}
+  keep = np.concatenate(masks)
+  return {k: np.concatenate([p[k] for p in parts])[keep] for k in parts[0]}
 
 
 def _every(step: int, every: int, total: int) -> bool:
@@ -130,12 +157,54 @@ class _PreemptionFlag:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+def initial_control() -> dict:
+  """Counters of the evaluation-driven controls; `*_best` hold sign-adjusted values (larger is better)."""
+  return dict(lr_scale=jnp.ones((), jnp.float32), plateau_best=jnp.full((), -jnp.inf, jnp.float32),
+              plateau_bad=jnp.zeros((), jnp.int32), stop_best=jnp.full((), -jnp.inf, jnp.float32),
+              stop_bad=jnp.zeros((), jnp.int32))
+
+
+def update_control(control: dict, eval_metrics: dict, config) -> tuple[dict, bool]:
+  """Host-side plateau / early-stopping bookkeeping after one evaluation: (new control, stop now?)."""
+  control = {k: np.asarray(v) for k, v in control.items()}
+  stop = False
+
+  def observe(cfg, prefix):
+    if not cfg.metric:
+      return None
+    if cfg.metric not in eval_metrics:
+      raise ValueError(f"config.{'plateau' if prefix == 'plateau' else 'early_stop'}.metric={cfg.metric!r} is not "
+                       f"an evaluation metric; available: {', '.join(sorted(eval_metrics))}")
+    if cfg.mode not in ("min", "max"):
+      raise ValueError(f"{prefix} mode must be 'min' or 'max', got {cfg.mode!r}")
+    value = float(eval_metrics[cfg.metric]) * (1.0 if cfg.mode == "max" else -1.0)
+    if value > control[f"{prefix}_best"]:
+      control[f"{prefix}_best"], control[f"{prefix}_bad"] = np.float32(value), np.int32(0)
+    else:
+      control[f"{prefix}_bad"] = np.int32(control[f"{prefix}_bad"] + 1)
+    return int(control[f"{prefix}_bad"])
+
+  bad = observe(config.plateau, "plateau")
+  if bad is not None and bad > config.plateau.patience:
+    new_scale = max(float(control["lr_scale"]) * config.plateau.factor, config.plateau.min_scale)
+    if new_scale < control["lr_scale"]:
+      metrics_lib.log_info("%s did not improve for %d evaluations: lr scale %.3g -> %.3g", config.plateau.metric,
+                           bad, float(control["lr_scale"]), new_scale)
+    control["lr_scale"], control["plateau_bad"] = np.float32(new_scale), np.int32(0)
+  bad = observe(config.early_stop, "stop")
+  if bad is not None and bad >= config.early_stop.patience:
+    metrics_lib.log_info("early stopping: %s did not improve for %d evaluations", config.early_stop.metric, bad)
+    stop = True
+  return control, stop
+
+
 def train(config, workdir: str, task: Task) -> dict:
   """Runs (or resumes) training to `config.total_steps|epochs`; returns the final state."""
   workdir = os.path.abspath(workdir)
   mesh = parallel.make_mesh()
   local_batch = parallel.local_batch_size(config.batch_size)
-  steps_per_epoch = max(1, len(task.train_source) // config.batch_size)
+  epoch_examples = len(task.train_order) if task.train_order is not None else len(task.train_source)
+  steps_per_epoch = max(1, epoch_examples // config.batch_size)
   total_steps = optim.steps_from(config, "total", steps_per_epoch)
   every = lambda name: optim.steps_from(config, name, steps_per_epoch)
   log_every, eval_every, ckpt_every = every("log_every"), every("eval_every"), every("ckpt_every")
@@ -146,7 +215,8 @@ def train(config, workdir: str, task: Task) -> dict:
     variables = dict(task.init_variables(rng))
     params = variables.pop("params")
     trainable, _ = optim.split_params(params, mask)
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables,
+                control=initial_control())
 
   rng = jax.random.key(config.seed)
   init_rng, train_rng = jax.random.split(rng)
@@ -158,7 +228,7 @@ def train(config, workdir: str, task: Task) -> dict:
   state_sharding = parallel.param_sharding(mesh, abstract_state)
 
   train_iter = data.train_iterator(task.train_source, local_batch=local_batch, transforms=task.train_transforms,
-                                   seed=config.seed, worker_count=config.worker_count)
+                                   seed=config.seed, worker_count=config.worker_count, order=task.train_order)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep_latest=config.keep_ckpts,
                                  keep_best=config.keep_best, best_metric=config.best_metric,
                                  best_mode=config.best_mode)
@@ -172,6 +242,11 @@ def train(config, workdir: str, task: Task) -> dict:
       params = checkpoint.load_init_from(parallel.to_host(state["params"]), config.init_from.path,
                                          config.init_from.into, config.init_from.dont_load)
       state["params"] = parallel.from_host(params, state_sharding["params"])
+      # Non-trained collections (BatchNorm statistics) come along when the source has them.
+      model_state = checkpoint.load_init_from_collections(parallel.to_host(state["model_state"]),
+                                                          config.init_from.path, config.init_from.into,
+                                                          config.init_from.dont_load)
+      state["model_state"] = parallel.from_host(model_state, state_sharding["model_state"])
       metrics_lib.log_info("initialised %r from %s", config.init_from.into or "all params", config.init_from.path)
   if task.on_start is not None:
     task.on_start(state)
@@ -232,10 +307,18 @@ def train(config, workdir: str, task: Task) -> dict:
         metrics_lib.log_info("eval step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in eval_metrics.items()))
         t_log = time.perf_counter()  # keep eval time out of the throughput figure
 
+      stop = False
+      if eval_metrics:
+        control, stop = update_control(parallel.to_host(state["control"]), eval_metrics, config)
+        state["control"] = parallel.from_host(control, state_sharding["control"])
+        writer.write(step, {"control/lr_scale": float(control["lr_scale"])})
+
       # Evaluated states are always saved with their metrics, so best-K ranks only what was measured.
-      if _every(step, ckpt_every, total_steps) or (eval_metrics and config.keep_best):
+      if _every(step, ckpt_every, total_steps) or (eval_metrics and config.keep_best) or stop:
         _check_finite(all_finite, last_log_step, step)  # never save a non-finite state
         ckpt.save(step, state, train_iter, metrics=eval_metrics)
+      if stop:
+        break
     writer.flush()
     metrics_lib.log_info("trained steps %d..%d", first_step, step)
   finally:

@@ -169,22 +169,28 @@ class LaDeDa(nn.Module):
   strides: Sequence[int] = (2, 2, 2, 1)
   kernel3: Sequence[int] = (1, 1, 0, 0)
   preprocess_type: str = "NPR"
+  width: int = 64  # stem / layer1 planes (the original's 64); smaller only for tests and CPU demos
+  stem_bn_momentum: float = 0.001  # torch momentum of the stem bn1 (the original's); from-scratch demos use 0.1
   normalize_input: bool = False  # False: input already ImageNet-normalised (official pipeline); True: RGB in [0, 1]
   dtype: Any = _f32  # compute dtype; params are float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, *, train: bool = False, frozen_stages: int = 0):
+    """`frozen_stages` = k: the stem (stage 0) and layer1..layer{k-1} keep BatchNorm in inference mode even when
+    `train` is set, so the parts frozen for fine-tuning neither normalise with batch statistics nor update their
+    running ones (the seed's `unfreeze_blocks` = N: frozen_stages = 5 - N)."""
     x = _input(x, self.normalize_input, self.preprocess_type, self.dtype)
-    x = _conv(64, 1, 1, self.dtype, "conv1")(x)
-    x = _conv(64, 3, 1, self.dtype, "conv2")(x)  # no BN/ReLU between the two stem convs
-    x = nn.relu(_bn(train, self.dtype, "bn1", torch_momentum=0.001)(x))
-    inplanes = 64
+    x = _conv(self.width, 1, 1, self.dtype, "conv1")(x)
+    x = _conv(self.width, 3, 1, self.dtype, "conv2")(x)  # no BN/ReLU between the two stem convs
+    x = nn.relu(_bn(train and frozen_stages <= 0, self.dtype, "bn1", torch_momentum=self.stem_bn_momentum)(x))
+    inplanes = self.width
     for stage, (n_blocks, stride, k3) in enumerate(zip(self.layers, self.strides, self.kernel3)):
-      planes = 64 * 2 ** stage
+      planes = self.width * 2 ** stage
+      stage_train = train and frozen_stages <= stage + 1
       for i in range(n_blocks):
         x = Bottleneck(planes, stride=stride if i == 0 else 1, kernel_size=3 if i < k3 else 1,
                        downsample=i == 0 and (stride != 1 or inplanes != 4 * planes), dtype=self.dtype,
-                       name=f"layer{stage + 1}_{i}")(x, train)
+                       name=f"layer{stage + 1}_{i}")(x, stage_train)
         inplanes = 4 * planes
     logit, patch = _head(x, self.dtype)
     return logit, {"patch_logits": patch}
@@ -194,6 +200,7 @@ class TinyLaDeDa(nn.Module):
   """Tiny-LaDeDa student: 4 convs of 8 channels, receptive field 7x7 at stride 2. Same outputs as `LaDeDa`."""
   preprocess_type: str = "right_diag"
   width: int = 8
+  stem_bn_momentum: float = 0.001  # torch momentum of the stem bn1 (the original's); from-scratch demos use 0.1
   normalize_input: bool = False  # False: input already ImageNet-normalised (official pipeline); True: RGB in [0, 1]
   dtype: Any = _f32  # compute dtype; params are float32
 
@@ -202,7 +209,7 @@ class TinyLaDeDa(nn.Module):
     x = _input(x, self.normalize_input, self.preprocess_type, self.dtype)
     x = _conv(self.width, 1, 1, self.dtype, "conv1")(x)
     x = _conv(self.width, 3, 1, self.dtype, "conv2")(x)
-    x = nn.relu(_bn(train, self.dtype, "bn1", torch_momentum=0.001)(x))
+    x = nn.relu(_bn(train, self.dtype, "bn1", torch_momentum=self.stem_bn_momentum)(x))
     x = TinyBlock(self.width, dtype=self.dtype, name="layer1_0")(x, train)
     logit, patch = _head(x, self.dtype)
     return logit, {"patch_logits": patch}

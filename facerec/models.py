@@ -42,6 +42,8 @@ ignored; the dynamically quantised `_q` checkpoints are not supported (they fail
 
     python -m common.convert --model edgeface_xs_gamma_06 --src edgeface_xs_gamma_06.pt --dst /ckpts/edgeface_xs
     python -m common.convert --model edgeface_s_gamma_05 --src edgeface_s_gamma_05.pt --dst /ckpts/edgeface_s
+    python -m common.convert --model edgeface_base --src edgeface_base.pt --dst /ckpts/edgeface_base
+    python -m common.convert --model edgeface_xxs --src edgeface_xxs.pt --dst /ckpts/edgeface_xxs
 """
 
 import functools
@@ -60,10 +62,15 @@ _f32 = jnp.float32
 _LN_EPS = 1e-6
 _init = nn.initializers.truncated_normal(0.02)
 
-# Variant -> EdgeFace kwargs (otroshi/edgeface `get_model` names; timm edgenext_x_small / edgenext_small).
+# Variant -> EdgeFace kwargs (otroshi/edgeface `get_model` names; timm edgenext_x_small / edgenext_small /
+# edgenext_base / edgenext_xx_small). All four keep timm's shared defaults (the EdgeFace fields' defaults):
+# global_block_counts (0, 1, 1, 1), so the SDTA block is the last of stages 2-4 (blocks.2/8/2, XXS blocks.1/5/1);
+# kernel_sizes (3, 5, 7, 9); d2_scales (2, 2, 3, 4). Base and XXS are not `_gamma_` models: dense linears.
 VARIANTS = {
     "edgeface_xs_gamma_06": dict(dims=(32, 64, 100, 192), depths=(3, 3, 9, 3), heads=(4, 4, 4, 4), rank_ratio=0.6),
     "edgeface_s_gamma_05": dict(dims=(48, 96, 160, 304), depths=(3, 3, 9, 3), heads=(8, 8, 8, 8), rank_ratio=0.5),
+    "edgeface_base": dict(dims=(80, 160, 288, 584), depths=(3, 3, 9, 3), heads=(8, 8, 8, 8), rank_ratio=None),
+    "edgeface_xxs": dict(dims=(24, 48, 88, 168), depths=(2, 2, 6, 2), heads=(4, 4, 4, 4), rank_ratio=None),
 }
 MIN_SIZE = 32  # smaller inputs leave an empty stage-4 map
 
@@ -349,6 +356,7 @@ for _name, _cfg in VARIANTS.items():
       build=functools.partial(EdgeFace, **_cfg),
       input_shape=(1, 112, 112, 3),
       converter=CONVERTER,
-      description=f"EdgeFace {_name} (EdgeNeXt, low-rank linears rank_ratio={_cfg['rank_ratio']}): 112x112 face in "
-                  "[-1, 1] -> 512-d embedding",
+      description=f"EdgeFace {_name} (EdgeNeXt, "
+                  + (f"low-rank linears rank_ratio={_cfg['rank_ratio']}" if _cfg["rank_ratio"] else "dense linears")
+                  + "): 112x112 face in [-1, 1] -> 512-d embedding",
   ))

@@ -294,3 +294,48 @@ def test_bfloat16_compute_and_small_input():
   assert out.shape == (1, 512) and out.dtype == jnp.float32
   with pytest.raises(ValueError, match="at least 32"):
     jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+# --- dense variants (edgeface_base, edgeface_xxs) -------------------------------------------------------------------
+# Published parameter counts and state-dict entry counts (notes section 1-2, "computed" from timm + get_model).
+DENSE = {"edgeface_base": (18_225_812, 214), "edgeface_xxs": (1_244_744, 160)}
+# Base at full depth costs ~10 s of CPU for both frameworks; the reduced depth keeps a conv block before the SDTA
+# block in stage 3 and still covers every layer type at base widths (8 heads, SDTA chunk widths 80 / 96 / 146).
+DENSE_PARITY = {"edgeface_xxs": {}, "edgeface_base": dict(depths=(1, 1, 2, 1))}
+
+
+@pytest.mark.parametrize("name", sorted(DENSE))
+def test_dense_variant_layout(name):
+  n_params, n_entries = DENSE[name]
+  sd = Wrapper(**fm.VARIANTS[name]).state_dict()
+  assert len(sd) == n_entries
+  assert sum(v.numel() for v in sd.values()) == n_params
+  entry = models.get(name)
+  flat = convert.flatten(models.abstract_variables(entry))
+  assert sum(np.prod(v.shape) for v in flat.values()) == n_params
+  sdta = (2, 8, 2) if name == "edgeface_base" else (1, 5, 1)  # last block of stages 2-4
+  for stage, block in zip((1, 2, 3), sdta):
+    assert f"model.stages.{stage}.blocks.{block}.xca.qkv.weight" in sd
+    assert f"params/stages_{stage}/blocks_{block}/xca/qkv/kernel" in flat
+    assert f"params/stages_{stage}/blocks_{block + 1}/gamma" not in flat
+  c4 = fm.VARIANTS[name]["dims"][-1]
+  assert sd["model.head.fc.weight"].shape == (512, c4) and flat["params/head/fc/kernel"].shape == (c4, 512)
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_PARITY))
+def test_dense_variant_parity_with_torch(name):
+  kwargs = DENSE_PARITY[name]
+  net = randomize(Wrapper(**{**fm.VARIANTS[name], **kwargs}), seed=0).eval()
+  sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+  entry = models.get(name)
+  variables = convert.convert_state_dict(sd, entry.converter, convert.flatten(models.abstract_variables(entry, kwargs)),
+                                         source=name)
+  x = np.random.default_rng(1).uniform(-1.0, 1.0, (2, 112, 112, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  out = np.asarray(jax.jit(entry.build(**kwargs).apply)(variables, jnp.asarray(x)))
+  scale, err = np.abs(ref).max(), np.abs(out - ref).max()
+  print(f"{name} {kwargs}: max abs err {err:.3g}, scale {scale:.3g}, rel {err / scale:.3g}")
+  assert out.shape == ref.shape == (2, 512)
+  assert scale > 0.1 and np.abs(ref[0] - ref[1]).max() > 0.1 * scale
+  assert err <= _REL_TOL * scale, f"{name}: max abs err {err:.3g} vs scale {scale:.3g}"

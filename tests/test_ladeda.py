@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from torch import nn as tnn
-from torch.nn import functional as F
 
+from benchmarks.torch_ladeda import LaDeDa as TorchLaDeDa
+from benchmarks.torch_ladeda import Tiny as TorchTiny
+from benchmarks.torch_ladeda import preprocess as torch_preprocess
 from common import convert
 from common import models
 from distill import models as dm
@@ -22,105 +24,7 @@ torch.backends.cudnn.allow_tf32 = False
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Torch references (written from the architecture description; forward order and names as in the official code).
-
-def torch_preprocess(x, kind):
-  if kind == "raw":
-    return x
-  if kind == "NPR":  # nearest down x0.5 then up x2, as the official `interpolate`
-    down = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
-    return x - F.interpolate(down, scale_factor=2.0, mode="nearest", recompute_scale_factor=True)
-  k = torch.tensor(dm.GRAD_KERNELS[kind], dtype=x.dtype).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-  return F.conv2d(x, k, groups=3, padding="same")
-
-
-class TorchBottleneck(tnn.Module):
-  def __init__(self, inplanes, planes, stride=1, downsample=None, kernel_size=1):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(inplanes, planes, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(planes)
-    self.conv2 = tnn.Conv2d(planes, planes, kernel_size, stride=stride, padding=0, bias=False)
-    self.bn2 = tnn.BatchNorm2d(planes)
-    self.conv3 = tnn.Conv2d(planes, 4 * planes, 1, bias=False)
-    self.bn3 = tnn.BatchNorm2d(4 * planes)
-    self.downsample = downsample
-
-  def forward(self, x):
-    out = torch.relu(self.bn1(self.conv1(x)))
-    out = torch.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    residual = x if self.downsample is None else self.downsample(x)
-    diff = residual.size(-1) - out.size(-1)  # the official crop: width difference, used on both axes
-    if diff:
-      residual = residual[:, :, :-diff, :-diff]
-    return torch.relu(out + residual)
-
-
-class TorchLaDeDa(tnn.Module):
-  """LaDeDa9: blocks [3,4,6,3], strides [2,2,2,1], kernel3 [1,1,0,0]."""
-
-  def __init__(self, preprocess_type="NPR"):
-    super().__init__()
-    self.preprocess_type = preprocess_type
-    self.conv1 = tnn.Conv2d(3, 64, 1, bias=False)
-    self.conv2 = tnn.Conv2d(64, 64, 3, padding=0, bias=False)
-    self.bn1 = tnn.BatchNorm2d(64, momentum=0.001)
-    inplanes = 64
-    for stage, (n, stride, k3) in enumerate(zip((3, 4, 6, 3), (2, 2, 2, 1), (1, 1, 0, 0))):
-      planes = 64 * 2 ** stage
-      downsample = None
-      if stride != 1 or inplanes != 4 * planes:
-        downsample = tnn.Sequential(tnn.Conv2d(inplanes, 4 * planes, 1, stride=stride, bias=False),
-                                    tnn.BatchNorm2d(4 * planes))
-      blocks = [TorchBottleneck(inplanes, planes, stride, downsample, 3 if k3 > 0 else 1)]
-      inplanes = 4 * planes
-      blocks += [TorchBottleneck(inplanes, planes, kernel_size=3 if i < k3 else 1) for i in range(1, n)]
-      setattr(self, f"layer{stage + 1}", tnn.Sequential(*blocks))
-    self.fc = tnn.Linear(2048, 1)
-
-  def features(self, x):
-    x = torch.relu(self.bn1(self.conv2(self.conv1(torch_preprocess(x, self.preprocess_type)))))
-    return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-  def forward(self, x, pool=True):
-    x = self.features(x)
-    if pool:  # the official pooled path: an HxH average pool (square inputs only), flatten, fc
-      return self.fc(F.avg_pool2d(x, x.size(2), stride=1).flatten(1))
-    return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-class TorchTinyBlock(tnn.Module):
-  def __init__(self, planes=8):
-    super().__init__()
-    self.conv1 = tnn.Conv2d(planes, planes, 1, bias=False)
-    self.bn1 = tnn.BatchNorm2d(planes)
-    self.conv2 = tnn.Conv2d(planes, planes, 3, stride=2, padding=0, bias=False)
-    self.bn2 = tnn.BatchNorm2d(planes)
-
-  def forward(self, x):
-    return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-
-class TorchTiny(tnn.Module):
-  def __init__(self, preprocess_type="right_diag"):
-    super().__init__()
-    self.preprocess_type = preprocess_type
-    self.conv1 = tnn.Conv2d(3, 8, 1, bias=False)
-    self.conv2 = tnn.Conv2d(8, 8, 3, padding=0, bias=False)
-    self.bn1 = tnn.BatchNorm2d(8, momentum=0.001)
-    self.layer1 = tnn.Sequential(TorchTinyBlock(8))
-    self.fc = tnn.Linear(8, 1)  # the released checkpoints' fc (features_dim = 8)
-
-  def features(self, x):
-    x = torch.relu(self.bn1(self.conv2(self.conv1(torch_preprocess(x, self.preprocess_type)))))
-    return self.layer1(x)
-
-  def forward(self, x, pool=True):
-    x = self.features(x)
-    if pool:
-      return self.fc(F.avg_pool2d(x, x.size(2), stride=1).flatten(1))
-    return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
+# Torch references: benchmarks/torch_ladeda.py (official module names, hence state-dict keys).
 
 def randomize(model, seed):
   """Official conv init, random fc, and non-trivial BN affine params and running stats; eval mode."""

@@ -26,6 +26,7 @@ _MODEL_MODULES = (
     "ear_teacher.model",
     "distill.models",
     "facerec.models",
+    "facerec.dsr",
 )
 
 _REGISTRY: dict[str, "ModelEntry"] = {}
