@@ -118,7 +118,8 @@ def make_jax(batch: int, device, variant=None, depth=None, image_size=None, deco
     variables = dict(init_variables(rng))
     params = variables.pop("params")
     trainable, _ = optim.split_params(params, mask)
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables,
+                control=trainer.initial_control())
 
   with jax.default_device(device):
     state = jax.jit(init_state)(init_rng)
