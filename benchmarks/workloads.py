@@ -38,6 +38,9 @@ from common import convert
 from common import models
 from common.models import dinov2
 from distill import models as ladeda_models
+from facerec import dsr as dsr_lib
+from facerec import losses as facerec_losses
+from facerec import models as facerec_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,4 +391,215 @@ register(Workload(
     make_torch=_distill_train_torch,
     stateful=True,
     default_batch=32,
+))
+
+
+# --- facerec: edgeface_embed, facerec_contrastive_train, dsr_forward ----------------------------------------------
+# JAX: facerec.models.EdgeFace / facerec.dsr.DSR (Flax); torch: benchmarks/torch_facerec.py. One set of random
+# weights per model, drawn in numpy in the Flax layout (`_facerec_weights`) and renamed to torch keys
+# (`_torch_layout`); torch loads them strictly (load_state_dict) and the JAX EdgeFace takes them back through
+# facerec.models.CONVERTER, as it would a released checkpoint (the DSR has no torch checkpoints, hence no converter:
+# JAX uses the drawn variables as they are). Both frameworks compute the same function on the same inputs
+# (tests/test_benchmarks.py checks it). Test-only override: `depth` (the runner's --depth): at most this many blocks
+# per EdgeFace stage (the last, SDTA, block of stages 2-4 is kept) and this many DSR residual blocks.
+
+_EDGEFACE = {"xs": "edgeface_xs_gamma_06", "s": "edgeface_s_gamma_05"}  # variant -> facerec.models.VARIANTS name
+_FACE, _VLR = 112, 16  # EdgeFace input side; very-low-resolution side (facerec configs: data.degradation.vlr_size)
+_CONTRASTIVE = dict(lr=1e-5, temperature=0.07)  # configs/facerec/finetune.py: plain Adam, no decay or clipping
+_SUBJECT_IMAGES = 4  # P x K batches: finetune.images_per_subject consecutive images per subject
+
+
+def _edgeface_kwargs(variant: str, depth: int | None = None) -> dict:
+  kw = dict(facerec_models.VARIANTS[_EDGEFACE[variant]])
+  if depth:
+    kw["depths"] = tuple(min(depth, n) for n in kw["depths"])
+  return kw
+
+
+def _dsr_kwargs(depth: int | None = None) -> dict:
+  return dict(in_size=_VLR, out_size=_FACE, **({"num_blocks": depth} if depth else {}))
+
+
+@functools.lru_cache(maxsize=4)
+def _facerec_abstract(name: str, variant: str | None, depth: int | None) -> dict:
+  """Flat ShapeDtypeStructs of the Flax "edgeface" (`variant`) or "dsr"."""
+  entry, kw = ((models.get(_EDGEFACE[variant]), _edgeface_kwargs(variant, depth)) if name == "edgeface"
+               else (models.get("dsr"), _dsr_kwargs(depth)))
+  return convert.flatten(models.abstract_variables(entry, kw))
+
+
+@functools.lru_cache(maxsize=4)
+def _facerec_weights(name: str, variant: str | None, depth: int | None) -> dict[str, np.ndarray]:
+  """Random flat Flax variables of "edgeface" (`variant`) or "dsr": kernels N(0, 1 / fan_in), LayerNorm scales
+  1 + N(0, 0.2^2) and biases N(0, 0.1^2), other biases N(0, 0.05^2), layer scales U(0.1, 0.5), XCA temperatures
+  U(2, 10): far from the init's 1e-6 layer scales, under which each block is nearly an identity and a wrongly
+  wired branch would not show in the parity tests."""
+  abstract = _facerec_abstract(name, variant, depth)
+  rng = np.random.default_rng(0)
+  flat = {}
+  for path, leaf in sorted(abstract.items()):
+    last, shape = path.rsplit("/", 1)[1], leaf.shape
+    layer_norm = path.rsplit("/", 1)[0] + "/scale" in abstract  # LayerNorm bias, beside a scale
+    if last == "kernel":
+      value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))  # HWIO or (in, out): fan_in = all but O
+    elif last == "scale":
+      value = 1 + 0.2 * rng.standard_normal(shape)
+    elif last == "bias":
+      value = (0.1 if layer_norm else 0.05) * rng.standard_normal(shape)
+    elif last in ("gamma", "gamma_xca"):
+      value = rng.uniform(0.1, 0.5, shape)
+    elif last == "temperature":
+      value = rng.uniform(2.0, 10.0, shape)
+    else:
+      raise ValueError(f"_facerec_weights: no rule for {path}")
+    flat[path] = value.astype(np.float32)
+  return flat
+
+
+def _torch_layout(flat: dict[str, np.ndarray], prefix: str = "") -> dict[str, np.ndarray]:
+  """Flat Flax variables -> a torch state dict: `params/stages_1/blocks_2/xca/qkv/linear2/kernel` ->
+  `{prefix}stages.1.blocks.2.xca.qkv.linear2.weight`; kernels transposed (HWIO -> OIHW, (in, out) -> (out, in)),
+  LayerNorm scales -> weight, other leaves (bias, gamma, temperature) as they are."""
+  sd = {}
+  for path, value in flat.items():
+    _, *modules, last = path.split("/")
+    if last == "kernel":
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    names = [re.sub(r"_(\d+)$", r".\1", m) for m in modules] + [{"kernel": "weight", "scale": "weight"}.get(last, last)]
+    sd[prefix + ".".join(names)] = np.ascontiguousarray(value)
+  return sd
+
+
+def _edgeface_jax_variables(variant: str, depth: int | None):
+  sd = _torch_layout(_facerec_weights("edgeface", variant, depth), prefix="model.")
+  return convert.convert_state_dict(sd, facerec_models.CONVERTER, _facerec_abstract("edgeface", variant, depth),
+                                    source=f"random {_EDGEFACE[variant]}")
+
+
+def _torch_edgeface(variant: str, depth: int | None, device):
+  from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
+
+  sd = _torch_layout(_facerec_weights("edgeface", variant, depth), prefix="model.")
+  return torch_facerec.build(torch_facerec.EdgeFace(**_edgeface_kwargs(variant, depth)), sd, device)
+
+
+def _torch_dsr(depth: int | None, device):
+  from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
+
+  sd = _torch_layout(_facerec_weights("dsr", None, depth))
+  return torch_facerec.build(torch_facerec.DSR(**_dsr_kwargs(depth)), sd, device)
+
+
+def _face_data(batch: int) -> dict[str, np.ndarray]:
+  """NHWC float32: `face` in [-1, 1] (EdgeFace's own input convention), `hr` in [0, 1] (the trainer's) and its
+  `vlr` 16x16 area-downsampled version; `labels` int32 P x K subject ids (4 consecutive images per subject)."""
+  rng = np.random.default_rng(1)
+  hr = rng.uniform(0.0, 1.0, (batch, _FACE, _FACE, 3)).astype(np.float32)
+  f = _FACE // _VLR
+  return {"face": hr * 2 - 1, "hr": hr, "vlr": hr.reshape(batch, _VLR, f, _VLR, f, 3).mean(axis=(2, 4)),
+          "labels": (np.arange(batch) // _SUBJECT_IMAGES).astype(np.int32)}
+
+
+def _edgeface_embed_jax(batch, device, variant, depth=None):
+  module = models.get(_EDGEFACE[variant]).build(**_edgeface_kwargs(variant, depth))
+  args = (_edgeface_jax_variables(variant, depth), _face_data(batch)["face"])
+  return jax.jit(module.apply), jax.device_put(args, device)
+
+
+def _edgeface_embed_torch(batch, device, variant, depth=None):
+  from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
+
+  return torch_facerec.inference(_torch_edgeface(variant, depth, device), _face_data(batch)["face"], device)
+
+
+def _dsr_forward_jax(batch, device, variant=None, depth=None):
+  del variant
+  variables = convert.unflatten(_facerec_weights("dsr", None, depth))
+  return jax.jit(dsr_lib.DSR(**_dsr_kwargs(depth)).apply), jax.device_put((variables, _face_data(batch)["vlr"]), device)
+
+
+def _dsr_forward_torch(batch, device, variant=None, depth=None):
+  del variant
+  from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
+
+  return torch_facerec.inference(_torch_dsr(depth, device), _face_data(batch)["vlr"], device)
+
+
+def _contrastive_train_jax(batch, device, variant=None, depth=None):
+  del variant
+  # As facerec.train.finetune (loss=contrastive, DSR frozen): EdgeFace takes [0, 1] images (normalize_input).
+  # One EdgeFace pass over [DSR(VLR); HR] (the trainer makes two of B, the same function): half the graph to compile.
+  edgeface = models.get(_EDGEFACE["xs"]).build(**_edgeface_kwargs("xs", depth), normalize_input=True)
+  net = dsr_lib.DSR(**_dsr_kwargs(depth))
+  tx, temperature = optax.adam(_CONTRASTIVE["lr"]), _CONTRASTIVE["temperature"]
+
+  def train_step(state, vlr, hr, labels, dsr_variables):
+    sr = net.apply(dsr_variables, vlr)  # frozen: a step argument, not differentiated
+
+    def loss_fn(params):
+      e_sr, e_hr = jnp.split(edgeface.apply({"params": params}, jnp.concatenate([sr, hr]), train=True), 2)
+      return facerec_losses.cross_resolution_infonce(e_sr, e_hr, labels, temperature=temperature)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    return dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state), loss
+
+  params = _edgeface_jax_variables("xs", depth)["params"]
+  data = _face_data(batch)
+  args = (dict(params=params, opt_state=tx.init(params)), data["vlr"], data["hr"], data["labels"],
+          convert.unflatten(_facerec_weights("dsr", None, depth)))
+  return jax.jit(train_step, donate_argnums=0), jax.device_put(args, device)
+
+
+def _contrastive_train_torch(batch, device, variant=None, depth=None):
+  del variant
+  from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
+
+  data = _face_data(batch)
+  return torch_facerec.contrastive_finetune(_torch_edgeface("xs", depth, device), _torch_dsr(depth, device),
+                                            data["vlr"], data["hr"], data["labels"], device, **_CONTRASTIVE)
+
+
+_FACEREC_WEIGHTS = ("the same random weights in both (numpy, converted with facerec.models.CONVERTER for the JAX "
+                    "EdgeFace, loaded strictly into the torch modules) and the same inputs")
+
+register(Workload(
+    name="edgeface_embed",
+    description=("EdgeFace embedding at 112x112 (inputs in [-1, 1]), fp32, eval mode; output: the (B, 512) "
+                 "unnormalised embeddings. JAX: facerec.models.EdgeFace, jitted; torch: benchmarks.torch_facerec "
+                 f"(EdgeNeXt + LoRaLin as otroshi/edgeface), inference_mode; {_FACEREC_WEIGHTS}. Variant: xs = "
+                 "edgeface_xs_gamma_06 (1.77 M parameters), s = edgeface_s_gamma_05 (3.65 M)."),
+    make_jax=_edgeface_embed_jax,
+    make_torch=_edgeface_embed_torch,
+    variants=tuple(_EDGEFACE),
+    default_variant="xs",
+    default_batch=32,
+))
+
+register(Workload(
+    name="facerec_contrastive_train",
+    description=("EdgeFace fine-tuning step of facerec.finetune_contrastive, fp32: frozen DSR (16 -> 112, 64 "
+                 "features, 8 blocks) on the VLR batch, EdgeFace-XS (edgeface_xs_gamma_06, input [0, 1] mapped "
+                 "to [-1, 1]) embeds the DSR output and the HR batch in one pass of 2B (the trainer: two of B); "
+                 "supervised-contrastive InfoNCE (SupCon, temperature 0.07) over the 2B embeddings, labels P x K "
+                 "(4 images per subject); Adam lr 1e-5 on the EdgeFace parameters only. images_per_s counts batch "
+                 "samples (each an HR face and its 16x16 version: 2 EdgeFace images, trained through, and 1 DSR "
+                 "image). JAX: facerec.losses.cross_resolution_infonce, "
+                 "jitted, state donated, DSR variables a step argument; torch: DSR under no_grad, SupConLoss "
+                 f"in plain torch, torch.optim.Adam; {_FACEREC_WEIGHTS}."),
+    make_jax=_contrastive_train_jax,
+    make_torch=_contrastive_train_torch,
+    stateful=True,
+    default_batch=16,
+))
+
+register(Workload(
+    name="dsr_forward",
+    description=("DSR super-resolution inference 16x16 -> 112x112 (facerec.dsr defaults: 64 features, 8 residual "
+                 "blocks, 3 pixel-shuffle x2 stages to 128, antialiased bicubic to 112, bicubic skip), fp32. JAX: "
+                 "facerec.dsr.DSR, jitted; torch: benchmarks.torch_facerec.DSR (nn.PixelShuffle, F.interpolate), "
+                 f"inference_mode; {_FACEREC_WEIGHTS}."),
+    make_jax=_dsr_forward_jax,
+    make_torch=_dsr_forward_torch,
+    default_batch=16,
 ))

@@ -49,7 +49,9 @@ def workflow_config(arg=None):
       degradation=dict(vlr_size=16, blur_sigma=(0.5, 1.5), noise_std=(0.0, 0.02), down="area")))
   # weights: a converted EdgeFace directory (python -m common.convert --model edgeface_xs_gamma_06 ...), an
   # edgeface_export of a fine-tuning run, or "random" (demos and tests only).
-  c.edgeface = ml_collections.ConfigDict(dict(variant=a.variant, weights="", overrides=dict()))
+  # layer_scale_init: the layer-scale gammas of a random EdgeFace (timm's 1e-6 makes every block start as the
+  # identity, which a from-scratch CPU demo cannot afford; converted weights are never touched).
+  c.edgeface = ml_collections.ConfigDict(dict(variant=a.variant, weights="", overrides=dict(), layer_scale_init=1e-6))
   # weights: a dsr_export of facerec.train_dsr, or "random" (an untrained DSR is exactly bicubic upsampling).
   c.dsr = ml_collections.ConfigDict(dict(
       weights="", trainable=a.dsr_trainable, identity_weight=0.5,
@@ -70,6 +72,7 @@ def workflow_config(arg=None):
     # 4-stage EdgeFace with one block per stage (SDTA blocks in stages 2-4 kept) at 112 px, an 8-block DSR
     # of width 16: CPU seconds per step.
     c.edgeface.overrides = dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), heads=(2, 2, 2, 2), embedding_dim=64)
+    c.edgeface.layer_scale_init = 0.1
     c.dsr.model.update(features=16, num_blocks=2)
     c.batch_size, c.eval.batch_size, c.worker_count = 16, 32, 0
     c.total_epochs, c.eval_every_epochs, c.ckpt_every_epochs = 0.0, 0.0, 0.0
@@ -98,7 +101,10 @@ def load_edgeface(config, weights: str | None = None):
     module = fmodels.EdgeFace(**kwargs, normalize_input=True)
     size = config.data.image_size
     variables = module.init(jax.random.key(config.seed + 7), jnp.zeros((1, size, size, 3)))
-    return module, jax.tree.map(np.asarray, variables)
+    gamma = config.edgeface.layer_scale_init
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, v: np.full_like(v, gamma) if str(path[-1].key).startswith("gamma") else np.asarray(v), variables)
+    return module, variables
   meta = models.read_meta(weights)
   _, variables = models.load(meta["model"], weights)
   module = fmodels.EdgeFace(**{**meta["kwargs"], "normalize_input": True})  # our images are in [0, 1]
@@ -189,6 +195,7 @@ def _val_eval_fn(config, val_src, mesh, edgeface_of, dsr_of):
     result = {f"val/{k}": reports["sr"][k] for k in ("rank_1", "rank_5", "verification_accuracy",
                                                      "genuine_accept_rate", "genuine_mean", "impostor_mean", "eer")}
     result.update({f"val_direct/{k}": reports["direct"][k] for k in ("rank_1", "genuine_mean")})
+    result.update({f"val_hr/{k}": reports["hr"][k] for k in ("rank_1", "genuine_mean")})  # HR probes: the ceiling
     return result
 
   return eval_fn
@@ -258,7 +265,10 @@ def finetune(config, workdir: str):
 
   def init_variables(rng):
     size = config.data.image_size
-    params = {"edgeface": edgeface.init(rng, jnp.zeros((1, size, size, 3)))["params"]}
+    if weights == "random":  # the seeded init of load_edgeface (with its layer scales)
+      params = {"edgeface": jax.tree.map(jnp.asarray, ef_vars["params"])}
+    else:  # shapes only: config.init_from loads the weights strictly
+      params = {"edgeface": edgeface.init(rng, jnp.zeros((1, size, size, 3)))["params"]}
     if trainable_dsr:
       params["dsr"] = jax.tree.map(jnp.asarray, dsr_vars["params"])  # starts from the given DSR
     if cf.loss == "arcface":  # insightface PartialFC init N(0, 0.01)

@@ -1,5 +1,5 @@
-"""benchmarks.run end to end on CPU, on shrunk models (1-block DINOv2s via the hidden --depth, small LaDeDas) so that
-it stays fast."""
+"""benchmarks.run end to end on CPU, on shrunk models (1-block DINOv2s via the hidden --depth, small LaDeDas, 1-block
+EdgeFace / DSR) so that it stays fast."""
 
 import argparse
 import json
@@ -10,7 +10,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from benchmarks import run, workloads
+from benchmarks import run, torch_facerec, workloads
+from common import convert
+from facerec import losses as facerec_losses
+from facerec import models as facerec_models
 
 
 def _run(tmp_path, *args):
@@ -120,3 +123,77 @@ def test_adaptive_avg_pool_matches_torch():
   small = x[:, :3, :4]  # upsampling: overlapping windows of one or two cells
   np.testing.assert_allclose(workloads.adaptive_avg_pool(small, (5, 7)),
                              F.adaptive_avg_pool2d(torch.from_numpy(small)[:, None], (5, 7))[:, 0].numpy(), rtol=1e-6)
+
+
+# facerec workloads at their real input sizes (112 px faces, 16 px VLR) with one block per EdgeFace stage and one DSR
+# residual block (the runner's --depth 1). Both frameworks get the same weights and inputs, so the outputs agree to
+# 1e-5 of their scale (measured on CPU: embeddings <= 6.4e-7, DSR 7.1e-7, first-step loss 1.4e-7). Compiled without
+# XLA's optimisation passes: the depth-1 train step takes ~15 s of CPU to compile with them, ~7 s without. The
+# runner's compile, the second of each, is a persistent-cache hit (tests/conftest.py).
+_FACEREC_BATCH = 2  # the train step's 2 HR + 2 DSR embeddings are one subject: test_torch_supcon covers negatives
+
+
+@pytest.fixture
+def fast_compile():
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.mark.usefixtures("fast_compile")
+@pytest.mark.parametrize("name,variant", [("edgeface_embed", "xs"), ("dsr_forward", None),
+                                          ("facerec_contrastive_train", None)])
+def test_facerec_workloads_same_function(name, variant):
+  wl = workloads.get(name)
+  jax_fn, jax_args = wl.make_jax(_FACEREC_BATCH, jax.devices("cpu")[0], variant, depth=1)
+  torch_fn, torch_args = wl.make_torch(_FACEREC_BATCH, torch.device("cpu"), variant, depth=1)
+  got, want = jax_fn(*jax_args), torch_fn(*torch_args)
+  if wl.stateful:  # train: (state, loss), the first step's loss (before any update)
+    got, want = got[1], want[1]
+  want = want.detach().numpy()
+  want = want.transpose(0, 2, 3, 1) if want.ndim == 4 else want  # DSR: torch NCHW
+  assert got.shape == want.shape and np.isfinite(want).all() and np.abs(want).max() > 0.1
+  np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
+
+
+def test_edgeface_embed_s_same_weights_and_inputs():
+  """Variant s runs xs's code on other shapes (tests/test_edgeface.py checks its parity): the torch model loads, and
+  its state dict converts back to, exactly the JAX variables; the inputs are equal."""
+  wl = workloads.get("edgeface_embed")
+  _, (variables, images) = wl.make_jax(_FACEREC_BATCH, jax.devices("cpu")[0], "s", depth=1)
+  _, (model, pixels) = wl.make_torch(_FACEREC_BATCH, torch.device("cpu"), "s", depth=1)
+  sd = {k: v.numpy() for k, v in model.state_dict().items()}
+  again = convert.convert_state_dict(sd, facerec_models.CONVERTER, convert.flatten(jax.eval_shape(lambda: variables)))
+  assert convert.flatten(variables)["params/stages_3/blocks_0/xca/temperature"].shape == (8, 1, 1)  # s: 8 heads
+  jax.tree.map(np.testing.assert_array_equal, again, variables)
+  np.testing.assert_array_equal(pixels.permute(0, 2, 3, 1).numpy(), images)
+
+
+@pytest.mark.usefixtures("fast_compile")
+@pytest.mark.parametrize("name", ["edgeface_embed", "dsr_forward", "facerec_contrastive_train"])
+def test_facerec_workloads_record(tmp_path, name):
+  out = tmp_path / "bench.json"
+  run.main([name, "--device", "cpu", "--repeats", "1", "--warmup", "0", "--depth", "1", "--batch", str(_FACEREC_BATCH),
+            "--out", str(out)])
+  r = json.loads(out.read_text())
+  assert r["workload"] == name and r["config"]["batch"] == _FACEREC_BATCH and r["config"]["overrides"] == {"depth": 1}
+  assert r["variant"] == workloads.get(name).default_variant  # edgeface_embed: xs
+  for fw in ("jax", "torch"):
+    assert r[fw]["compile_s"] > 0 and len(r[fw]["step_s"]["all"]) == 1 and r[fw]["images_per_s"] > 0
+  assert r["jax_over_torch_images_per_s"] == pytest.approx(r["jax"]["images_per_s"] / r["torch"]["images_per_s"])
+
+
+def test_torch_supcon_matches_jax():
+  """benchmarks.torch_facerec.supcon_loss (the torch train step's loss) against facerec.losses, with negatives and
+  with anchors that have no positive (left out of the mean)."""
+  rng = np.random.default_rng(0)
+  sr, hr = rng.normal(size=(2, 8, 16)).astype(np.float32)
+  labels = np.array([0, 0, 1, 1, 1, 2, 3, 3])
+  want = jax.jit(facerec_losses.cross_resolution_infonce)(sr, hr, labels)  # temperature 0.07
+  got = torch_facerec.supcon_loss(torch.from_numpy(np.concatenate([sr, hr])), torch.from_numpy(np.tile(labels, 2)),
+                                  0.07, 0.07)
+  np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+  want = jax.jit(facerec_losses.supcon_loss)(sr, labels, 0.1, 0.07)  # label 2: no positive
+  got = torch_facerec.supcon_loss(torch.from_numpy(sr), torch.from_numpy(labels), 0.1, 0.07)
+  np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)

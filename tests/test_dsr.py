@@ -12,8 +12,8 @@ from common import models
 from facerec import dsr
 
 torch = pytest.importorskip("torch")
-tnn = torch.nn
 F = torch.nn.functional
+from benchmarks.torch_facerec import DSR as TorchDSR  # pylint: disable=wrong-import-position
 
 TINY = dict(features=8, num_blocks=2)
 
@@ -73,39 +73,6 @@ def test_untrained_is_torch_bicubic():
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-class TorchDSR(tnn.Module):
-  """The same network written with torch ops (nn.PixelShuffle, F.interpolate), key names as a torch port would use."""
-
-  def __init__(self, features, num_blocks, n_up, out_size):
-    super().__init__()
-    conv = lambda i, o: tnn.Conv2d(i, o, 3, padding=1)
-    self.head = conv(3, features)
-    self.blocks = tnn.ModuleList()
-    for _ in range(num_blocks):
-      block = tnn.Module()
-      block.conv1, block.conv2 = conv(features, features), conv(features, features)
-      self.blocks.append(block)
-    self.trunk_out = conv(features, features)
-    self.upsample = tnn.ModuleList([conv(features, 4 * features) for _ in range(n_up)])
-    self.shuffle = tnn.PixelShuffle(2)
-    self.tail = conv(features, 3)
-    self.out_size = out_size
-
-  def forward(self, x):
-    head = self.head(x - 0.5)
-    y = head
-    for b in self.blocks:
-      y = y + 0.1 * b.conv2(torch.relu(b.conv1(y)))
-    y = self.trunk_out(y) + head
-    for conv in self.upsample:
-      y = self.shuffle(conv(y))
-    y = self.tail(y)
-    size = (self.out_size, self.out_size)
-    if y.shape[-1] != self.out_size:
-      y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True)
-    return y + F.interpolate(x, size=size, mode="bicubic", align_corners=False)
-
-
 TORCH_RULES = convert.Converter(rules=(
     convert.Rule(r"blocks\.(\d+)\.(conv[12])\.weight", r"params/blocks_\1/\2/kernel", convert.conv),
     convert.Rule(r"blocks\.(\d+)\.(conv[12])\.bias", r"params/blocks_\1/\2/bias"),
@@ -120,7 +87,7 @@ TORCH_RULES = convert.Converter(rules=(
 def test_forward_matches_torch_port(in_size):
   """A torch EDSR with nn.PixelShuffle converts with plain conv transposes (what a future converter would do)."""
   torch.manual_seed(0)
-  net = TorchDSR(TINY["features"], TINY["num_blocks"], 3, 112).eval()
+  net = TorchDSR(in_size=in_size, **TINY).eval()
   sd = {k: v.numpy() for k, v in net.state_dict().items()}
   module = dsr.DSR(in_size=in_size, **TINY)
   expected = convert.flatten(jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, in_size, in_size, 3))))

@@ -1,11 +1,9 @@
 """EdgeFace: parity with a plain-torch EdgeNeXt + LoRaLin laid out like otroshi/edgeface's `get_model(...)`.
 
-timm is not usable here, so the reference below rebuilds the module tree of `TimmFRWrapperV2(edgenext_*)` after
-`replace_linear_with_lowrank_2` by hand (from shared/research/edgeface.md); its `state_dict()` has the original
+The reference, benchmarks.torch_facerec.EdgeFace (shared with the benchmarks), rebuilds the module tree of
+`TimmFRWrapperV2(edgenext_*)` after `replace_linear_with_lowrank_2` by hand; its `state_dict()` has the original
 keys (`model.stages.1.blocks.2.xca.qkv.linear2.weight`, ...), checked against the entry/parameter counts in the notes.
 """
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -17,161 +15,11 @@ from common import models
 from facerec import models as fm
 
 torch = pytest.importorskip("torch")
-tnn = torch.nn
-F = torch.nn.functional
+from benchmarks.torch_facerec import EdgeFace as TorchEdgeFace  # pylint: disable=wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-
-
-# --- plain-torch reference ------------------------------------------------------------------------------------------
-class LayerNorm2d(tnn.LayerNorm):
-  def forward(self, x):  # NCHW, normalised over C
-    return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
-                        self.eps).permute(0, 3, 1, 2)
-
-
-class LoRaLin(tnn.Module):
-  def __init__(self, d_in, d_out, rank, bias=True):
-    super().__init__()
-    self.linear1 = tnn.Linear(d_in, rank, bias=False)
-    self.linear2 = tnn.Linear(rank, d_out, bias=bias)
-
-  def forward(self, x):
-    return self.linear2(self.linear1(x))
-
-
-def make_linear(d_in, d_out, ratio):
-  return tnn.Linear(d_in, d_out) if ratio is None else LoRaLin(d_in, d_out, max(2, int(min(d_in, d_out) * ratio)))
-
-
-class Mlp(tnn.Module):
-  def __init__(self, dim, hidden, ratio):
-    super().__init__()
-    self.fc1 = make_linear(dim, hidden, ratio)
-    self.act = tnn.GELU()
-    self.fc2 = make_linear(hidden, dim, ratio)
-
-  def forward(self, x):
-    return self.fc2(self.act(self.fc1(x)))
-
-
-class ConvBlock(tnn.Module):
-  def __init__(self, dim, k, ratio):
-    super().__init__()
-    self.conv_dw = tnn.Conv2d(dim, dim, k, padding=k // 2, groups=dim)
-    self.norm = tnn.LayerNorm(dim, eps=1e-6)
-    self.mlp = Mlp(dim, 4 * dim, ratio)
-    self.gamma = tnn.Parameter(1e-6 * torch.ones(dim))
-
-  def forward(self, x):
-    y = self.conv_dw(x).permute(0, 2, 3, 1)
-    y = self.gamma * self.mlp(self.norm(y))
-    return x + y.permute(0, 3, 1, 2)
-
-
-class PosEnc(tnn.Module):
-  def __init__(self, dim, hidden=32, temperature=10000):
-    super().__init__()
-    self.token_projection = tnn.Conv2d(2 * hidden, dim, 1)
-    self.hidden, self.temperature = hidden, temperature
-
-  def forward(self, b, h, w):
-    ones = torch.ones(b, h, w)
-    y = ones.cumsum(1)
-    x = ones.cumsum(2)
-    y = y / (y[:, -1:, :] + 1e-6) * 2 * math.pi
-    x = x / (x[:, :, -1:] + 1e-6) * 2 * math.pi
-    d = torch.arange(self.hidden, dtype=torch.float32)
-    d = self.temperature ** (2 * torch.div(d, 2, rounding_mode="floor") / self.hidden)
-    px, py = x[..., None] / d, y[..., None] / d
-    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).flatten(3)
-    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=4).flatten(3)
-    return self.token_projection(torch.cat((py, px), dim=3).permute(0, 3, 1, 2))
-
-
-class XCA(tnn.Module):
-  def __init__(self, dim, heads, ratio):
-    super().__init__()
-    self.heads = heads
-    self.temperature = tnn.Parameter(torch.ones(heads, 1, 1))
-    self.qkv = make_linear(dim, 3 * dim, ratio)
-    self.proj = make_linear(dim, dim, ratio)
-
-  def forward(self, x):
-    b, n, c = x.shape
-    q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 4, 1).unbind(0)
-    attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
-    return self.proj((attn.softmax(-1) @ v).permute(0, 3, 1, 2).reshape(b, n, c))
-
-
-class SDTA(tnn.Module):
-  def __init__(self, dim, scales, heads, pos, ratio):
-    super().__init__()
-    width = math.ceil(dim / scales)
-    self.convs = tnn.ModuleList([tnn.Conv2d(width, width, 3, padding=1, groups=width)
-                                 for _ in range(max(1, scales - 1))])
-    self.pos_embd = PosEnc(dim) if pos else None
-    self.norm_xca = tnn.LayerNorm(dim, eps=1e-6)
-    self.gamma_xca = tnn.Parameter(1e-6 * torch.ones(dim))
-    self.xca = XCA(dim, heads, ratio)
-    self.norm = tnn.LayerNorm(dim, eps=1e-6)
-    self.mlp = Mlp(dim, 4 * dim, ratio)
-    self.gamma = tnn.Parameter(1e-6 * torch.ones(dim))
-
-  def forward(self, x):
-    shortcut = x
-    spx = x.chunk(len(self.convs) + 1, dim=1)
-    outs, sp = [], spx[0]
-    for i, conv in enumerate(self.convs):
-      sp = conv(sp if i == 0 else sp + spx[i])
-      outs.append(sp)
-    x = torch.cat(outs + [spx[-1]], 1)
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h * w).permute(0, 2, 1)
-    if self.pos_embd is not None:
-      x = x + self.pos_embd(b, h, w).reshape(b, c, h * w).permute(0, 2, 1)
-    x = x + self.gamma_xca * self.xca(self.norm_xca(x))
-    x = self.gamma * self.mlp(self.norm(x.reshape(b, h, w, c)))
-    return shortcut + x.permute(0, 3, 1, 2)
-
-
-class Stage(tnn.Module):
-  def __init__(self, c_in, c_out, depth, i, heads, ratio):
-    super().__init__()
-    self.downsample = (tnn.Sequential(LayerNorm2d(c_in, eps=1e-6), tnn.Conv2d(c_in, c_out, 2, stride=2))
-                       if i else tnn.Identity())
-    k, scales, pos, n_global = (3, 5, 7, 9)[i], (2, 2, 3, 4)[i], i == 1, (0, 1, 1, 1)[i]
-    self.blocks = tnn.Sequential(*[ConvBlock(c_out, k, ratio) if j < depth - n_global
-                                   else SDTA(c_out, scales, heads, pos, ratio) for j in range(depth)])
-
-  def forward(self, x):
-    return self.blocks(self.downsample(x))
-
-
-class EdgeNeXt(tnn.Module):
-  def __init__(self, dims, depths, heads, ratio, emb=512):
-    super().__init__()
-    self.stem = tnn.Sequential(tnn.Conv2d(3, dims[0], 4, stride=4), LayerNorm2d(dims[0], eps=1e-6))
-    self.stages = tnn.Sequential(*[Stage(dims[max(i - 1, 0)], dims[i], depths[i], i, heads[i], ratio)
-                                   for i in range(4)])
-    self.head = tnn.Module()
-    self.head.norm = LayerNorm2d(dims[-1], eps=1e-6)
-    self.head.fc = make_linear(dims[-1], emb, ratio)  # the 'head' guard never fires: head.fc is low-rank too
-
-  def forward(self, x):
-    x = self.stages(self.stem(x)).mean((2, 3), keepdim=True)
-    return self.head.fc(self.head.norm(x).flatten(1))
-
-
-class Wrapper(tnn.Module):  # TimmFRWrapperV2: the net lives in `.model`
-  def __init__(self, **cfg):
-    super().__init__()
-    self.model = EdgeNeXt(cfg["dims"], cfg["depths"], cfg["heads"], cfg["rank_ratio"])
-
-  def forward(self, x):
-    return self.model(x)
 
 
 # --- tests ----------------------------------------------------------------------------------------------------------
@@ -203,7 +51,7 @@ def randomize(net, seed):
 @pytest.fixture(scope="module", params=NAMES)
 def pair(request):
   name = request.param
-  net = randomize(Wrapper(**fm.VARIANTS[name]), seed=0).eval()
+  net = randomize(TorchEdgeFace(**fm.VARIANTS[name]), seed=0).eval()
   sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
   entry = models.get(name)
   expected = convert.flatten(models.abstract_variables(entry))
@@ -307,7 +155,7 @@ DENSE_PARITY = {"edgeface_xxs": {}, "edgeface_base": dict(depths=(1, 1, 2, 1))}
 @pytest.mark.parametrize("name", sorted(DENSE))
 def test_dense_variant_layout(name):
   n_params, n_entries = DENSE[name]
-  sd = Wrapper(**fm.VARIANTS[name]).state_dict()
+  sd = TorchEdgeFace(**fm.VARIANTS[name]).state_dict()
   assert len(sd) == n_entries
   assert sum(v.numel() for v in sd.values()) == n_params
   entry = models.get(name)
@@ -325,7 +173,7 @@ def test_dense_variant_layout(name):
 @pytest.mark.parametrize("name", sorted(DENSE_PARITY))
 def test_dense_variant_parity_with_torch(name):
   kwargs = DENSE_PARITY[name]
-  net = randomize(Wrapper(**{**fm.VARIANTS[name], **kwargs}), seed=0).eval()
+  net = randomize(TorchEdgeFace(**{**fm.VARIANTS[name], **kwargs}), seed=0).eval()
   sd = {k: v.detach().numpy() for k, v in net.state_dict().items()}
   entry = models.get(name)
   variables = convert.convert_state_dict(sd, entry.converter, convert.flatten(models.abstract_variables(entry, kwargs)),

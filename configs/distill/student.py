@@ -19,7 +19,7 @@ Arguments (comma separated):
   progression   the seed's alpha progression 0.01 -> 0.05 -> 0.1 -> 0.5 at 0/25/50/75 % of training
   normalize     standardise both maps per batch before the MSE (spec 003's fix for a scale mismatch)
   per_patch     the original paper's recipe: 10x10 raw patches regress the teacher's 9x9 patch logit (MSE only)
-  smoke         tiny CPU run on python -m distill.synthetic data (56 px, width-8 teacher, 30 steps)
+  smoke         tiny CPU run on python -m distill.synthetic data (64 px, width-8 teacher, 30 steps)
 Smoke: python -m distill.train_student --config configs/distill/student.py:smoke,teacher=DIR --workdir /tmp/dd_student \
   --config.data.root=/tmp/dd   (DIR = /tmp/dd_teacher/teacher_finetuned from the teacher smoke run; < 1 min).
 """

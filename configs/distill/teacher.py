@@ -9,14 +9,15 @@ Real run (converted weights; data in the WildRF layout DATA/{train,val}/{0_real,
   python -m distill.evaluate_teacher --config configs/distill/teacher.py:teacher=finetuned --workdir runs/teacher_eval \
     --config.data.root=DATA --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned
 Expected: the diagnosis prints AUC, patch-logit statistics and a verdict; fine-tuning logs val/auc each epoch,
-reduces the lr when it stalls (x0.1 after 2 flat epochs) and stops after 5; evaluate prints the recommendation.
+reduces the lr when it stalls (x0.1 on the 3rd epoch in a row without a new best, torch's patience 2) and stops
+after 5 such epochs; evaluate prints the recommendation.
 
 Fine-tuning follows the seed's train_teacher.py: BCE-with-logits, Adam lr 1e-4 with L2 weight decay 1e-4,
 batch 32, up to 50 epochs, reduce-on-plateau and early stopping (patience 5) on val AUC, best checkpoint by
 AUC (exported to W/teacher_finetuned), only the last `teacher.unfreeze_blocks` (default 1 = layer4) + fc train.
 
 Arguments: teacher=wildrf|forensynth|finetuned|random|DIR (random: demos/tests), smoke (tiny CPU run on
-python -m distill.synthetic data: width-8 LaDeDa at 56 px, random teacher, all stages trainable, 30 steps).
+python -m distill.synthetic data: width-8 LaDeDa at 64 px, random teacher, all stages trainable, 30 steps).
 Smoke: python -m distill.synthetic --out /tmp/dd --size 64 && python -m distill.train_teacher \
   --config configs/distill/teacher.py:smoke,teacher=random --workdir /tmp/dd_teacher --config.data.root=/tmp/dd
   (about a minute on 2 CPU cores; val AUC climbs from ~0.5 towards 1).
