@@ -72,18 +72,27 @@ def sample_identity(rng: np.random.Generator) -> dict:
   ))
 
 
-def sample_image(rng: np.random.Generator) -> dict:
-  """Draws one image's nuisances: pose, light, expression, background and noise."""
-  squash = rng.uniform(0.86, 1.0)
+def sample_image(rng: np.random.Generator, variation: float = 1.0) -> dict:
+  """Draws one image's nuisances: pose, light, expression, background and noise.
+
+  `variation` scales every nuisance around its neutral value (1: the default spread; 0: every image of a
+  subject renders identically up to noise-free pose). Lower it for short CPU runs that must learn quickly.
+  """
+  v = float(variation)
+  mix = lambda neutral, x: neutral + v * (x - neutral)  # the draw, pulled towards the neutral value
+  squash = mix(1.0, rng.uniform(0.86, 1.0))
   return _float32(dict(
-      angle=np.deg2rad(rng.uniform(-7, 7)), shift=rng.uniform(-0.05, 0.05, 2), scale=rng.uniform(0.93, 1.07),
+      angle=np.deg2rad(v * rng.uniform(-7, 7)), shift=v * rng.uniform(-0.05, 0.05, 2),
+      scale=mix(1.0, rng.uniform(0.93, 1.07)),
       squash=squash, yaw=rng.choice([-1, 1]) * (1 - squash) * 0.6,  # inner features move with the turn
-      light=rng.uniform(0, 2 * np.pi), light_k=rng.uniform(0.0, 0.35),
-      brightness=rng.uniform(0.8, 1.15), contrast=rng.uniform(0.85, 1.15), white=rng.uniform(0.93, 1.07, 3),
-      smile=rng.uniform(-0.015, 0.035), mouth_open=rng.uniform(0, 0.02) * (rng.uniform() < 0.3),
-      eye_open=rng.uniform(0.55, 1.1), brow_raise=rng.uniform(-0.01, 0.02), gaze=rng.uniform(-0.012, 0.012, 2),
-      background=rng.uniform(0.15, 0.85) * rng.uniform(0.85, 1.15, 3), bg_ramp=rng.uniform(-0.2, 0.2, 2),
-      noise=rng.uniform(0.004, 0.015),
+      light=rng.uniform(0, 2 * np.pi), light_k=v * rng.uniform(0.0, 0.35),
+      brightness=mix(1.0, rng.uniform(0.8, 1.15)), contrast=mix(1.0, rng.uniform(0.85, 1.15)),
+      white=mix(1.0, rng.uniform(0.93, 1.07, 3)),
+      smile=mix(0.01, rng.uniform(-0.015, 0.035)), mouth_open=v * rng.uniform(0, 0.02) * (rng.uniform() < 0.3),
+      eye_open=mix(0.85, rng.uniform(0.55, 1.1)), brow_raise=mix(0.005, rng.uniform(-0.01, 0.02)),
+      gaze=v * rng.uniform(-0.012, 0.012, 2),
+      background=mix(0.5, rng.uniform(0.15, 0.85) * rng.uniform(0.85, 1.15, 3)), bg_ramp=v * rng.uniform(-0.2, 0.2, 2),
+      noise=mix(0.004, rng.uniform(0.004, 0.015)),
   ))
 
 
@@ -232,7 +241,8 @@ def render_face(p: dict, q: dict, rng: np.random.Generator, size: int) -> np.nda
   return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
-def generate(subjects, images: int, size: int = 112, seed: int = 0, split: str = "train") -> np.ndarray:
+def generate(subjects, images: int, size: int = 112, seed: int = 0, split: str = "train",
+             variation: float = 1.0) -> np.ndarray:
   """Renders `images` images of each subject id in `subjects`: uint8 (len(subjects), images, size, size, 3).
 
   Identity k is drawn from rng([seed, k, 0, 0]) and image j of it in `split` from rng([seed, k, code, j]),
@@ -243,12 +253,12 @@ def generate(subjects, images: int, size: int = 112, seed: int = 0, split: str =
     identity = sample_identity(np.random.default_rng([seed, k, 0, 0]))
     for j in range(images):
       rng = np.random.default_rng([seed, k, SPLITS[split], j])
-      out[a, j] = render_face(identity, sample_image(rng), rng, size)
+      out[a, j] = render_face(identity, sample_image(rng, variation), rng, size)
   return out
 
 
 def write_dataset(out: str, subjects: int = 40, images: int = 8, test_subjects: int = 20, size: int = 112,
-                  seed: int = 0, eval_images: int | None = None) -> dict:
+                  seed: int = 0, eval_images: int | None = None, variation: float = 1.0) -> dict:
   """Writes the train/val/test folders and dataset.json under `out`; returns the json's content.
 
   Everything is written to `out`.partial first and renamed at the end, so `out` never holds half a data set.
@@ -263,14 +273,14 @@ def write_dataset(out: str, subjects: int = 40, images: int = 8, test_subjects: 
   shutil.rmtree(tmp, ignore_errors=True)
   ids = {"train": range(subjects), "val": range(subjects), "test": range(subjects, subjects + test_subjects)}
   for split, split_ids in ids.items():
-    faces = generate(split_ids, images if split == "train" else eval_images, size, seed, split)
+    faces = generate(split_ids, images if split == "train" else eval_images, size, seed, split, variation)
     for k, per_subject in zip(split_ids, faces):
       folder = os.path.join(tmp, split, f"{k:04d}")
       os.makedirs(folder)
       for j, face in enumerate(per_subject):  # compression level 1: noisy pixels gain little from more
         Image.fromarray(face).save(os.path.join(folder, f"{j:03d}.png"), compress_level=1)
   meta = dict(generator="facerec.synthetic", subjects=subjects, images=images, eval_images=eval_images,
-              test_subjects=test_subjects, size=size, seed=seed,
+              test_subjects=test_subjects, size=size, seed=seed, variation=variation,
               splits={s: dict(subjects=len(v), images_per_subject=images if s == "train" else eval_images)
                       for s, v in ids.items()})
   with open(os.path.join(tmp, "dataset.json"), "w") as f:
@@ -291,9 +301,10 @@ def main(argv=None):
   parser.add_argument("--test_subjects", type=int, default=20, help="new subjects in test")
   parser.add_argument("--size", type=int, default=112)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--variation", type=float, default=1.0, help="nuisance strength (pose, light, ...), 0-1")
   args = parser.parse_args(argv)
   meta = write_dataset(args.out, args.subjects, args.images, args.test_subjects, args.size, args.seed,
-                       args.eval_images)
+                       args.eval_images, args.variation)
   print(f"wrote {args.subjects} subjects x {args.images} train / {meta['eval_images']} val images and "
         f"{args.test_subjects} test subjects x {meta['eval_images']} at {args.size} px to {args.out} "
         f"in {meta['seconds']:.1f}s")
