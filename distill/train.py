@@ -124,7 +124,7 @@ def load_teacher(config, image_hw):
     return module, jax.tree.map(np.asarray, variables)
   logging.warning("teacher has RANDOM weights (teacher.weights=random): only meaningful for demos and tests")
   module = dmodels.LaDeDa(**config.teacher.model)
-  variables = module.init(jax.random.key(config.seed + 1), jnp.zeros((1, *image_hw, 3)))
+  variables = jax.jit(module.init)(jax.random.key(config.seed + 1), jnp.zeros((1, *image_hw, 3)))  # eager: op by op
   return module, jax.tree.map(np.asarray, variables)
 
 
@@ -134,7 +134,8 @@ def load_student(config, image_hw):
     module, variables = models.load("tiny_ladeda", config.student.weights)
     return module, jax.tree.map(np.asarray, variables)
   module = dmodels.TinyLaDeDa(**config.student.model)
-  return module, jax.tree.map(np.asarray, module.init(jax.random.key(config.seed), jnp.zeros((1, *image_hw, 3))))
+  variables = jax.jit(module.init)(jax.random.key(config.seed), jnp.zeros((1, *image_hw, 3)))
+  return module, jax.tree.map(np.asarray, variables)
 
 
 def _source_kwargs(config) -> dict:

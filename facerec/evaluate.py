@@ -39,6 +39,12 @@ def _write_json(workdir: str, name: str, report: dict) -> str:
   return path
 
 
+def _write_png(workdir: str, name: str, scores: dict, threshold: float) -> None:
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)  # called as a library, the workdir may not exist yet
+    protocol.score_distribution_png(os.path.join(workdir, name), scores, threshold=threshold)
+
+
 def _say(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
@@ -112,9 +118,7 @@ def evaluate_dataset(config, workdir: str) -> dict:
     report["models"][name] = {"weights": weights, **reports}
     scores.update({f"{name} {p}": v for p, v in s.items()})
     _print_table(name, reports, config.eval.threshold)
-  if jax.process_index() == 0:
-    protocol.score_distribution_png(os.path.join(workdir, "score_distributions.png"), scores,
-                                    threshold=config.eval.threshold)
+  _write_png(workdir, "score_distributions.png", scores, config.eval.threshold)
   _say(f"report: {_write_json(workdir, 'evaluation.json', report)}")
   return report
 
@@ -138,9 +142,7 @@ def test_pretrained(config, workdir: str, subjects_to_print: int = 5) -> dict:
     _say(f"subject {split[0].subjects[subject]}: average similarity {s.mean():.4f} ({pipeline}), "
          f"{int((s >= config.eval.threshold).sum())}/{int(own.sum())} matches, range {s.min():.4f} - {s.max():.4f}")
   report = {"weights": config.edgeface.weights, **reports, "per_subject": per_subject}
-  if jax.process_index() == 0:
-    protocol.score_distribution_png(os.path.join(workdir, "pretrained_scores.png"), scores,
-                                    threshold=config.eval.threshold)
+  _write_png(workdir, "pretrained_scores.png", scores, config.eval.threshold)
   _say(f"report: {_write_json(workdir, 'pretrained.json', report)}")
   return report
 
@@ -238,9 +240,7 @@ def analyze_scores(config, workdir: str) -> dict:
          f"{imp.std():.3f}, d' {report[pipeline]['separation_d_prime']:.2f}, EER {reports[pipeline]['eer']:.4f}, "
          f"best threshold {best} (balanced acc {sweep[best]:.4f}; at {config.eval.threshold:g}: "
          f"{reports[pipeline]['verification_accuracy']:.4f})")
-  if jax.process_index() == 0:
-    protocol.score_distribution_png(os.path.join(workdir, "score_analysis.png"), scores,
-                                    threshold=config.eval.threshold)
+  _write_png(workdir, "score_analysis.png", scores, config.eval.threshold)
   _say(f"report: {_write_json(workdir, 'score_analysis.json', report)}")
   return report
 

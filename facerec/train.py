@@ -100,7 +100,8 @@ def load_edgeface(config, weights: str | None = None):
     kwargs = {**fmodels.VARIANTS[config.edgeface.variant], **config.edgeface.overrides}
     module = fmodels.EdgeFace(**kwargs, normalize_input=True)
     size = config.data.image_size
-    variables = module.init(jax.random.key(config.seed + 7), jnp.zeros((1, size, size, 3)))
+    # jitted: an eager init compiles every op on its own (20 s on CPU for the smoke EdgeFace)
+    variables = jax.jit(module.init)(jax.random.key(config.seed + 7), jnp.zeros((1, size, size, 3)))
     gamma = config.edgeface.layer_scale_init
     variables = jax.tree_util.tree_map_with_path(
         lambda path, v: np.full_like(v, gamma) if str(path[-1].key).startswith("gamma") else np.asarray(v), variables)
@@ -119,7 +120,8 @@ def load_dsr(config, weights: str | None = None):
                      "random (an untrained DSR, which upsamples bicubically)")
   if weights == "random":
     module = dsr_lib.DSR(**config.dsr.model)
-    variables = module.init(jax.random.key(config.seed + 11), jnp.zeros((1, module.in_size, module.in_size, 3)))
+    variables = jax.jit(module.init)(jax.random.key(config.seed + 11),
+                                     jnp.zeros((1, module.in_size, module.in_size, 3)))
     return module, jax.tree.map(np.asarray, variables)
   module, variables = models.load("dsr", weights)
   return module, jax.tree.map(np.asarray, variables)
