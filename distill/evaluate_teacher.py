@@ -1,6 +1,8 @@
 """Stage 2, the seed's scripts/evaluate_teacher.py: the fine-tuned teacher's AUC and whether to distil.
 
-    python -m distill.evaluate_teacher --config configs/distill/teacher.py:teacher=finetuned --workdir runs/teacher_eval --config.data.root=DATA --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned
+    python -m distill.evaluate_teacher --config configs/distill/teacher.py:teacher=finetuned \
+      --workdir runs/teacher_eval --config.data.root=DATA \
+      --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned
 """
 
 from common import config as config_lib

@@ -1,6 +1,8 @@
-"""The seed's finetune_contrastive.py: fine-tune EdgeFace with P x K contrastive batches (or ArcFace), gallery-probe validated.
+"""The seed's finetune_contrastive.py: fine-tune EdgeFace on P x K contrastive batches (or ArcFace).
 
-    python -m facerec.finetune_contrastive --config configs/facerec/finetune.py --workdir runs/ft --config.data.train_root=DATA/train --config.data.val_root=DATA/val --config.edgeface.weights=ckpt/edgeface_xs --config.dsr.weights=runs/dsr/dsr_export
+    python -m facerec.finetune_contrastive --config configs/facerec/finetune.py --workdir runs/ft \
+      --config.data.train_root=DATA/train --config.data.val_root=DATA/val \
+      --config.edgeface.weights=ckpt/edgeface_xs --config.dsr.weights=runs/dsr/dsr_export
 """
 
 from common import config as config_lib

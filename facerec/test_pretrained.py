@@ -1,6 +1,8 @@
 """The seed's test_pretrained.py: the pretrained EdgeFace alone through the gallery-probe protocol.
 
-    python -m facerec.test_pretrained --config configs/facerec/finetune.py --workdir runs/pretrained --config.data.val_root=DATA/val --config.edgeface.weights=ckpt/edgeface_xs --config.dsr.weights=runs/dsr/dsr_export
+    python -m facerec.test_pretrained --config configs/facerec/finetune.py --workdir runs/pretrained \
+      --config.data.val_root=DATA/val --config.edgeface.weights=ckpt/edgeface_xs \
+      --config.dsr.weights=runs/dsr/dsr_export
 """
 
 from common import config as config_lib

@@ -1,6 +1,8 @@
 """Train the DSR super-resolution front end (L1 + identity loss through a frozen EdgeFace).
 
-    python -m facerec.train_dsr --config configs/facerec/dsr.py --workdir runs/dsr --config.data.train_root=DATA/train --config.data.val_root=DATA/val --config.edgeface.weights=ckpt/edgeface_xs
+    python -m facerec.train_dsr --config configs/facerec/dsr.py --workdir runs/dsr \
+      --config.data.train_root=DATA/train --config.data.val_root=DATA/val \
+      --config.edgeface.weights=ckpt/edgeface_xs
 """
 
 from common import config as config_lib
