@@ -29,3 +29,14 @@ def subprocess_env(**extra) -> dict:
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)
   return env
+
+
+def set_dotted(config, **overrides):
+  """Sets config fields by dotted keys passed as keyword names, e.g. set_dotted(c, **{"optim.lr": 0.1}); returns c."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config

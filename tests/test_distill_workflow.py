@@ -18,7 +18,7 @@ from PIL import Image
 from common import convert, metrics as metrics_lib, models, parallel
 from configs.distill import student as student_config, teacher as teacher_config
 from distill import data, evaluate, metrics, models as dmodels, synthetic, train
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, set_dotted, subprocess_env
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,13 +34,7 @@ def config(module, arg: str, data_root, **overrides):
   """A distill config from `module.get_config(arg)` with the data root and dotted-key overrides set."""
   c = module.get_config(arg)
   c.data.root = str(data_root)
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_dotted(c, **overrides)
 
 
 def rows(workdir, key: str) -> list[dict]:

@@ -11,17 +11,11 @@ import pytest
 
 from common import checkpoint, config as config_lib, metrics, parallel, trainer
 from tests import toy_config, toy_main
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, set_dotted, subprocess_env
 
 
 def run(workdir, **overrides):
-  c = toy_config.get_config()
-  for k, v in overrides.items():
-    node, *path = k.split(".")
-    target = c
-    for p in [node, *path][:-1]:
-      target = target[p]
-    target[[node, *path][-1]] = v
+  c = set_dotted(toy_config.get_config(), **overrides)
   return trainer.train(c, str(workdir), toy_main.make_task(c)), c
 
 

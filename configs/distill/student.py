@@ -21,7 +21,7 @@ Arguments (comma separated):
   per_patch     the original paper's recipe: 10x10 raw patches regress the teacher's 9x9 patch logit (MSE only)
   smoke         tiny CPU run on python -m distill.synthetic data (64 px, width-8 teacher, 30 steps)
 Smoke: python -m distill.train_student --config configs/distill/student.py:smoke,teacher=DIR --workdir /tmp/dd_student \
-  --config.data.root=/tmp/dd   (DIR = /tmp/dd_teacher/teacher_finetuned from the teacher smoke run; < 1 min).
+  --config.data.root=/tmp/dd   (DIR = /tmp/dd_teacher/teacher_finetuned from the teacher smoke run; 30 s here).
 """
 
 from distill import train

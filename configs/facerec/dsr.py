@@ -3,8 +3,9 @@
 Real run:
   python -m facerec.train_dsr --config configs/facerec/dsr.py --workdir runs/dsr \
     --config.data.train_root=DATA/train --config.data.val_root=DATA/val --config.edgeface.weights=ckpt/edgeface_xs
-Expected: train/l1 and train/identity (1 - cos between EdgeFace embeddings of SR and HR) fall; val/rank_1 of the
-VLR -> DSR -> EdgeFace pipeline climbs above the bicubic direct-feed baseline (val_direct/rank_1). The best DSR is
+Expected: train/l1 and train/identity (1 - cos between EdgeFace embeddings of SR and HR) fall; watch val/rank_1 of
+the VLR -> DSR -> EdgeFace pipeline against the bicubic direct-feed baseline (val_direct/rank_1): on our synthetic
+demo the DSR improved the EER but not rank-1 over bicubic (README, facerec). The best DSR is
 exported to runs/dsr/dsr_export (python -m facerec.finetune_contrastive --config.dsr.weights=runs/dsr/dsr_export).
 
 Loss = L1(SR, HR) + 0.5 x identity (SR_LRFR's lambda); EDSR-style trunk (64 features, 8 residual blocks) with
