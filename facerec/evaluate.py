@@ -83,9 +83,9 @@ def _embed_split(config, weights: str, split):
   return g_emb, gallery_idx, p_emb, probe_idx
 
 
-def _reports(config, weights: str, split) -> tuple[dict, dict]:
-  """({pipeline: report}, {pipeline: (genuine, impostor)}) for one EdgeFace."""
-  g_emb, gallery_idx, p_emb, probe_idx = _embed_split(config, weights, split)
+def _reports(config, weights: str, split, embedded=None) -> tuple[dict, dict]:
+  """({pipeline: report}, {pipeline: (genuine, impostor)}) for one EdgeFace (`embedded`: its `_embed_split`)."""
+  g_emb, gallery_idx, p_emb, probe_idx = embedded or _embed_split(config, weights, split)
   reports = train.gallery_probe(g_emb, gallery_idx, probe_idx, config, probe_emb=p_emb)
   gallery, ids = protocol.build_gallery(g_emb["hr"], g_emb["label"], gallery_idx)
   scores = {}
@@ -126,9 +126,10 @@ def evaluate_dataset(config, workdir: str) -> dict:
 def test_pretrained(config, workdir: str, subjects_to_print: int = 5) -> dict:
   """edgeface.weights alone on data.val_root, with the seed's per-subject similarity printout."""
   split = _split(config)
-  reports, scores = _reports(config, config.edgeface.weights, split)
+  embedded = _embed_split(config, config.edgeface.weights, split)
+  reports, scores = _reports(config, config.edgeface.weights, split, embedded)
   _print_table("pretrained", reports, config.eval.threshold)
-  g_emb, gallery_idx, p_emb, probe_idx = _embed_split(config, config.edgeface.weights, split)
+  g_emb, gallery_idx, p_emb, probe_idx = embedded
   gallery, ids = protocol.build_gallery(g_emb["hr"], g_emb["label"], gallery_idx)
   pipeline = "sr" if "sr" in p_emb else "direct"
   sims = protocol.match_scores(gallery, ids, p_emb[pipeline][probe_idx], p_emb["label"][probe_idx])
@@ -190,7 +191,7 @@ def test_with_arcface(config, workdir: str) -> dict:
   m = protocol.match_scores(gallery, ids, p_emb[pipeline][probe_idx], p_emb["label"][probe_idx])
 
   def class_score(emb, labels):
-    cls = classes[labels]
+    cls = np.where(labels >= 0, classes[labels], -1)  # -1: a probe subject not in the gallery (two roots)
     ok = cls >= 0
     cos = np.asarray(losses.l2_normalize(emb[ok])) @ w.T
     return float(np.mean(cos[np.arange(ok.sum()), cls[ok]])), float(np.mean(np.argmax(cos, -1) == cls[ok]))
