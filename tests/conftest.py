@@ -13,6 +13,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
+import pytest  # pylint: disable=wrong-import-position
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -40,3 +41,12 @@ def set_dotted(config, **overrides):
       node = node[p]
     node[leaf] = value
   return config
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """XLA's optimisation passes cost far more compile time than they save on a workflow test's few tiny steps."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -21,13 +21,7 @@ from distill import data, evaluate, metrics, models as dmodels, synthetic, train
 from tests.conftest import REPO, set_dotted, subprocess_env
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA's optimisation passes cost far more compile time than they save on these few tiny steps."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def config(module, arg: str, data_root, **overrides):

@@ -13,7 +13,7 @@ import pytest
 from common import checkpoint, convert, metrics, models, trainer
 from configs.ear_teacher import default
 from ear_teacher import evaluate, model as model_lib, synthetic, train
-from tests.conftest import REPO, subprocess_env
+from tests.conftest import REPO, set_dotted, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,7 @@ def ear_data(tmp_path_factory):
 def smoke_config(ear_data, **overrides):
   c = default.get_config("smoke")
   c.train_npy, c.val_npy = str(ear_data / "train.npy"), str(ear_data / "val.npy")
-  for k, v in overrides.items():
-    *parents, leaf = k.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return set_dotted(c, **overrides)
 
 
 def test_freeze_patterns():

@@ -32,13 +32,7 @@ FT_STEPS, FT_EVAL_EVERY = 80, 20
 DSR_STEPS = 30
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA's optimisation passes cost far more compile time than they save on these few tiny steps."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
