@@ -1,17 +1,16 @@
 """Checkpoints: Orbax CheckpointManager for training state, strict loading for pretrained weights.
 
-Resume order, used by every trainer (see `common.trainer.restore_or_init`):
+Resume order, used by every trainer (`common.trainer.train`):
   1. the latest checkpoint in `workdir/checkpoints` (preemption / restart),
   2. else `config.init_from.path`, a directory written by `python -m common.convert`, loaded strictly
      into the subtree `config.init_from.into` with `config.init_from.dont_load` regexes left at init,
   3. else scratch.
 Training checkpoints hold the train state and the grain iterator state together, so a resumed run sees
-exactly the batches it would have seen.
+exactly the batches it would have seen. `export_best` turns the best evaluated one into a model directory.
 """
 
 import os
-import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import grain
@@ -19,46 +18,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from common.convert import flatten, format_diff, unflatten
-
-
-class CheckpointMismatchError(ValueError):
-  """A checkpoint whose keys or shapes do not fit the model (message holds the diff)."""
-
-
-def merge_strict(reference, loaded, dont_load: Sequence[str] = (), source: str = "checkpoint"):
-  """Returns `reference`'s structure filled from `loaded`, raising on any mismatch.
-
-  `reference` is the model's own tree (arrays or ShapeDtypeStructs). Keys matching a `dont_load`
-  regex keep the reference value and may be absent from `loaded`; every other key must be present in
-  both with the same shape. Extra keys in `loaded` are an error unless they match `dont_load`.
-  """
-  ref, got = flatten(reference), flatten(loaded)
-  skip = [re.compile(p) for p in dont_load]
-  skipped = lambda k: any(p.fullmatch(k) for p in skip)
-  missing = sorted(k for k in ref if k not in got and not skipped(k))
-  unexpected = sorted(k for k in got if k not in ref and not skipped(k))
-  mismatched = [f"{k} {tuple(np.shape(got[k]))} vs model {tuple(ref[k].shape)}" for k in sorted(ref)
-                if k in got and not skipped(k) and tuple(np.shape(got[k])) != tuple(ref[k].shape)]
-  if missing or unexpected or mismatched:
-    raise CheckpointMismatchError(format_diff(missing, unexpected, mismatched, source) +
-                                  "\n  (fix: convert the matching model, or list keys in dont_load)")
-  out = {k: (ref[k] if skipped(k) else np.asarray(got[k]).astype(ref[k].dtype)) for k in ref}
-  return unflatten(out)
+from common import metrics as metrics_lib, models
+from common.tree import MismatchError, flatten, merge_strict, unflatten
 
 
 def load_init_from(params, path: str, into: str = "", dont_load: Sequence[str] = ()):
   """Loads a converted model directory's `params` into the subtree `into` ('a/b') of `params`."""
-  from common import models  # pylint: disable=import-outside-toplevel
-
   models.read_meta(path)  # clear error when `path` is not a converted directory
   loaded = models.load_variables(path)
   if "params" not in loaded:
-    raise CheckpointMismatchError(f"{path}: no 'params' collection in the converted checkpoint")
+    raise MismatchError(f"{path}: no 'params' collection in the converted checkpoint")
   sub = params
   for part in filter(None, into.split("/")):
     if part not in sub:
-      raise CheckpointMismatchError(f"init_from.into={into!r}: the model has no subtree {part!r} "
+      raise MismatchError(f"init_from.into={into!r}: the model has no subtree {part!r} "
                                     f"(top-level keys: {', '.join(sub)})")
     sub = sub[part]
   merged = merge_strict(sub, loaded["params"], dont_load, source=path)
@@ -76,8 +49,6 @@ def load_init_from_collections(model_state: dict, path: str, into: str = "", don
   Only collections the directory holds are loaded; the others keep their init values (logged), so weights
   converted without running statistics still initialise a model that has them.
   """
-  from common import models  # pylint: disable=import-outside-toplevel
-
   loaded = models.load_variables(path)
   out = dict(model_state)
   for name, tree in model_state.items():
@@ -161,8 +132,6 @@ def available_steps(workdir: str) -> list[int]:
 
 def best_step(workdir: str, metric: str, mode: str = "max") -> int:
   """The saved step with the best logged `metric` (from metrics.jsonl); the latest step if none was logged."""
-  from common import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
-
   steps = available_steps(workdir)
   path = os.path.join(workdir, "metrics.jsonl")
   rows = metrics_lib.read_jsonl(path) if os.path.isfile(path) else []
@@ -196,3 +165,18 @@ def load_trained_state(workdir: str, step: int | None = None):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
     restored = ckptr.restore(path, target)
   return jax.tree.map(np.asarray, restored), step
+
+
+def export_best(workdir: str, config, name: str, kwargs: dict, pick: Callable[[dict], dict], dst: str) -> dict:
+  """Saves `pick(state)` of the best evaluated checkpoint (by config.best_metric) as the model directory `dst`.
+
+  `name` is the registered model and `kwargs` its constructor fields (`models.module_kwargs`). The export
+  replaces an earlier one atomically (a rerun or resumed run exports again). Returns the picked state.
+  """
+  step = best_step(workdir, config.best_metric, config.best_mode) if config.best_metric else None
+  state, step = load_trained_state(workdir, step)
+  if jax.process_index() == 0:
+    models.save(dst, name, kwargs, pick(state), overwrite=True)
+    metrics_lib.log_info("exported step %d (%s) to %s", step,
+                         f"best {config.best_metric}" if config.best_metric else "latest", dst)
+  return state

@@ -1,23 +1,16 @@
-"""Config plumbing shared by every entry point.
+"""Config building blocks for `get_config(arg)` files; imports nothing but ml_collections.
 
-    python -m <pkg>.main --config configs/<pkg>/<name>.py[:arg] --workdir DIR [--config.key=value ...]
+    python -m <pkg>.<command> --config configs/<pkg>/<name>.py[:arg] --workdir DIR [--config.key=value ...]
+    python -m <pkg>.<command> --config DIR/config.json --workdir DIR2       # re-run a recorded run
 
-Config files are `get_config(arg)` returning an ml_collections.ConfigDict built on `base_config()`;
-`arg` is parsed with `parse_arg` ("smoke", "smoke,res=64"). Configs are locked: an override of an
-unknown key, or of the wrong type, is a flag-parsing error before anything runs.
+Config files return an ml_collections.ConfigDict built on `base_config()`; `arg` is parsed with
+`parse_arg` ("smoke", "smoke,res=64"). Loading a config never pulls in jax or a trainer, so a config can
+be read, printed and compared anywhere (the command line is handled by `common.cli`).
 """
 
-import logging as std_logging
-import os
-import sys
-from typing import Callable
+import json
 
-from absl import app, flags, logging
-import jax
 import ml_collections
-from ml_collections import config_flags
-
-from common import optim, parallel, trainer
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -30,6 +23,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     kind = type(out[key])
     out[key] = True if not _ else (value.lower() in ("1", "true", "yes") if kind is bool else kind(value))
   return ml_collections.ConfigDict(out)
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  """config.optim, read by common.optim: adam (torch: L2 on the gradient) | adamw | sgd, cosine | constant,
+  warmup as steps or epochs, clipping (0: off), and `freeze` regexes on '/'-joined parameter paths."""
+  return ml_collections.ConfigDict(dict(
+      name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9, clip_grad_norm=1.0,
+      schedule="cosine", warmup_steps=0, warmup_epochs=0.0, freeze=()))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.best_metric, c.best_mode = "", "min"
   c.worker_count = 0  # grain worker processes (0: in the main process)
   c.preemption_sync_every = 10  # multi-process only: steps between SIGTERM agreement
-  c.optim = optim.default_config()
+  c.optim = optim_config()
   c.init_from = ml_collections.ConfigDict(dict(path="", into="", dont_load=()))
   # Evaluation-driven control, each off while its metric is "" (metric names as eval_fn returns them):
   # plateau: torch ReduceLROnPlateau, the lr is multiplied by `factor` (not below `min_scale` x the schedule)
@@ -59,52 +60,24 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+def _tuples(value):
+  """JSON has only lists; configs use tuples for sequences (hashable, as module attributes need)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
-# Errors a user can fix from the message alone: shown as one line, exit code 2, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter from orbax/grain/jax internals; our own progress lines and all warnings stay."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or not any(
-        f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax", "absl"))
-
-
-def quiet_logging() -> None:
-  """INFO for our own lines, warnings only from library internals."""
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
-def run_main(train_fn: Callable[[ml_collections.ConfigDict, str], object]) -> None:
-  """Defines --config/--workdir and runs `train_fn(config, workdir)` under absl."""
-  config_flag = config_flags.DEFINE_config_file("config", None, "get_config(arg) file, e.g. configs/x/default.py:smoke",
-                                                lock_config=True)
-  workdir_flag = flags.DEFINE_string("workdir", None, "output directory (checkpoints, metrics, config.json)")
-  flags.mark_flags_as_required(["config", "workdir"])
-
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    quiet_logging()
-    config, workdir = config_flag.value, os.path.abspath(workdir_flag.value)
-    try:
-      parallel.maybe_initialize_distributed(force=config.get("distributed", False))
-      write_config(config, workdir)
-      train_fn(config, workdir)
-    except trainer.Preempted as e:  # a clean exit: the scheduler restarts us and we resume
-      logging.warning("%s", e)
-    except USER_ERRORS as e:
-      msg = str(e).strip() or type(e).__name__
-      print(f"error: {msg}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(main)
+def from_json(path: str) -> ml_collections.ConfigDict:
+  """The config a run recorded in DIR/config.json, ready to run again."""
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except OSError as e:
+    raise FileNotFoundError(f"cannot read config {path}: {e.strerror}") from e
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); pass a config.json written by a run, or a .py config") from e
+  if not isinstance(raw, dict):
+    raise ValueError(f"{path} holds a JSON {type(raw).__name__}, not a config object")
+  return ml_collections.ConfigDict(_tuples(raw))

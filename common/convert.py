@@ -13,15 +13,18 @@ the registered model and its kwargs, so `common.models.load(dst)` rebuilds the m
 imported (checkpoints are read by `common.torch_io`).
 """
 
+import argparse
 import dataclasses
 import json
 import os
 import re
-import shutil
 import sys
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from common import models, progress, torch_io
+from common.tree import flatten, format_diff, unflatten  # pylint: disable=unused-import (re-exported)
 
 Array = np.ndarray
 
@@ -59,40 +62,6 @@ class ConversionError(ValueError):
   """Raised with a readable diff when a checkpoint does not fit the model."""
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}/{k}" if prefix else str(k)
-    if isinstance(v, Mapping):
-      out.update(flatten(v, path))
-    else:
-      out[path] = v
-  return out
-
-
-def unflatten(flat: Mapping[str, object]) -> dict:
-  tree: dict = {}
-  for path, v in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
-
-
-def format_diff(missing, unexpected, mismatched, source: str) -> str:
-  """One readable message listing every mismatch (capped per kind so it stays readable)."""
-  lines = [f"{source}: checkpoint does not match the model"]
-  for title, items in (("missing in checkpoint", missing), ("unexpected (not in model)", unexpected),
-                       ("shape mismatch", mismatched)):
-    if items:
-      shown = ", ".join(str(i) for i in items[:12])
-      more = f" ... and {len(items) - 12} more" if len(items) > 12 else ""
-      lines.append(f"  {title} ({len(items)}): {shown}{more}")
-  return "\n".join(lines)
-
-
 def apply_rules(state_dict: Mapping[str, Array], converter: Converter) -> tuple[dict[str, Array], list[str]]:
   """Renames/transforms torch keys into flat Flax paths. Returns (flat, unmatched torch keys)."""
   sd = dict(state_dict)
@@ -101,7 +70,7 @@ def apply_rules(state_dict: Mapping[str, Array], converter: Converter) -> tuple[
   compiled = [(re.compile(r.pattern), r) for r in converter.rules]
   ignored = [re.compile(p) for p in converter.ignore]
   flat, unmatched = {}, []
-  for key, value in sd.items():
+  for key, value in progress.track(sd.items(), total=len(sd), desc="convert", unit="tensors"):
     if any(p.fullmatch(key) for p in ignored):
       continue
     for regex, rule in compiled:
@@ -133,9 +102,6 @@ def convert_state_dict(state_dict: Mapping[str, Array], converter: Converter, ex
 
 def convert_file(model_name: str, src: str, dst: str, model_kwargs: Mapping | None = None) -> None:
   """Reads `src` (torch zip / safetensors), converts it for a registered model, writes `dst` atomically."""
-  from common import models  # pylint: disable=import-outside-toplevel
-  from common import torch_io  # pylint: disable=import-outside-toplevel
-
   entry = models.get(model_name)
   if entry.converter is None:
     raise models.ModelError(f"{model_name!r} is a native model with no PyTorch weights to convert")
@@ -147,12 +113,10 @@ def convert_file(model_name: str, src: str, dst: str, model_kwargs: Mapping | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import argparse  # pylint: disable=import-outside-toplevel
-  from common import models  # pylint: disable=import-outside-toplevel
-  from common import torch_io  # pylint: disable=import-outside-toplevel
-
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", required=True, help="registered model name; --list shows them")
+  convertible = [n for n in models.names() if models.get(n).converter is not None]
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                   epilog="registered models: " + ", ".join(convertible))
+  parser.add_argument("--model", required=True, help="registered model name (listed below)")
   parser.add_argument("--src", required=True, help="PyTorch checkpoint (.pth/.pt/.bin zip format or .safetensors)")
   parser.add_argument("--dst", required=True, help="output directory (must not exist)")
   parser.add_argument("--model_kwargs", default="{}", help="JSON dict of constructor overrides, e.g. '{\"depth\": 2}'")

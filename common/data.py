@@ -18,6 +18,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from common import progress
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -210,12 +212,14 @@ class _Padded:
 
 
 def eval_batches(source, *, global_batch: int, local_batch: int, transforms: Sequence = (),
-                 worker_count: int = 0) -> Iterable[dict]:
-  """One pass over all of `source` in padded batches with a `mask` (1 = real example)."""
+                 worker_count: int = 0, desc: str = "eval") -> Iterable[dict]:
+  """One pass over all of `source` in padded batches with a `mask` (1 = real example), logging progress
+  (rate and ETA) under `desc` when the pass is long."""
   if len(source) == 0:
     raise ValueError(f"{source!r} is empty")
-  ds = _apply(grain.MapDataset.source(_Padded(source, global_batch, local_batch)), transforms)
-  return iter(_prefetch(ds.batch(local_batch), worker_count))
+  ds = _apply(grain.MapDataset.source(_Padded(source, global_batch, local_batch)), transforms).batch(local_batch)
+  return progress.track(iter(_prefetch(ds, worker_count)), total=len(ds), desc=f"{desc} {source!r}",
+                        unit="batches")
 
 
 class ArraySource:

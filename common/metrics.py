@@ -1,4 +1,4 @@
-"""Metrics out of the training process: JSONL + TensorBoard events (TF-free), process 0 only."""
+"""What a run writes besides checkpoints: config.json, JSONL + TensorBoard events (TF-free), process 0 only."""
 
 import json
 import os
@@ -7,6 +7,16 @@ import time
 from absl import logging
 import jax
 import numpy as np
+
+
+def write_config(config, workdir: str) -> None:
+  """DIR/config.json (atomically, from process 0): pass it back with --config to repeat the run."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = os.path.join(workdir, ".config.json.tmp")
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
 
 
 class MetricWriter:

@@ -1,7 +1,7 @@
 """Optimisers, schedules and parameter freezing from an ml_collections config.
 
 Config (all trainers share the layout):
-  config.optim = dict(name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9,
+  config.optim (defaults in common.config.optim_config) = dict(name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9,
                       clip_grad_norm=1.0,                       # 0 disables clipping
                       schedule="cosine",                         # cosine | constant
                       warmup_steps=0, warmup_epochs=0.0,         # either; epochs win when > 0
@@ -18,13 +18,19 @@ from typing import Sequence
 import ml_collections
 import optax
 
-from common.convert import flatten, unflatten
+from common.tree import flatten, unflatten
 
 
 def trainable_mask(params, freeze: Sequence[str]) -> dict[str, bool]:
   """{path: trainable?} for every parameter leaf, given regexes (full match) of frozen paths."""
   patterns = [re.compile(p) for p in freeze]
   return {k: not any(p.fullmatch(k) for p in patterns) for k in flatten(params)}
+
+
+def with_frozen(freeze: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]:
+  """`freeze` plus the patterns of `extra` it lacks: deriving a config twice (a recorded config.json run
+  again) gives the same patterns."""
+  return tuple(freeze) + tuple(p for p in extra if p not in tuple(freeze))
 
 
 def split_params(params, mask: dict[str, bool]):
@@ -76,9 +82,3 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_e
     parts.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
   parts.append(opt)
   return optax.chain(*parts), schedule
-
-
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name="adamw", lr=3e-4, weight_decay=1e-4, b1=0.9, b2=0.999, momentum=0.9, clip_grad_norm=1.0,
-      schedule="cosine", warmup_steps=0, warmup_epochs=0.0, freeze=()))

@@ -5,6 +5,7 @@ parameters are replicated; `param_sharding` is the one place to extend for FSDP 
 over `data` as well) without touching the trainers.
 """
 
+import functools
 import os
 
 from absl import logging
@@ -39,9 +40,19 @@ def maybe_initialize_distributed(force: bool = False) -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+@functools.cache
 def make_mesh() -> jax.sharding.Mesh:
+  """The one mesh of this process (all devices of all processes); cached, so every caller shares it."""
   # Auto axes keep classic GSPMD semantics (jax>=0.10 make_mesh defaults to Explicit axes).
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def mesh_of(tree) -> jax.sharding.Mesh:
+  """The mesh the device arrays of `tree` live on (a train state, or variables placed by `replicate`)."""
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array) and isinstance(leaf.sharding, NamedSharding):
+      return leaf.sharding.mesh
+  raise ValueError("no device arrays on a mesh in this tree; place host values with parallel.replicate first")
 
 
 def replicated(mesh) -> NamedSharding:
@@ -76,6 +87,11 @@ def to_host(tree):
   """Fully replicated device values -> numpy on every process (metrics, eval sums)."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x.addressable_data(0)) if isinstance(x, jax.Array) else x),
                       tree)
+
+
+def replicate(tree, mesh):
+  """Host values (identical on every process) -> device arrays replicated over `mesh`'s devices."""
+  return from_host(tree, param_sharding(mesh, tree))
 
 
 def from_host(tree, shardings):

@@ -1,9 +1,10 @@
 """The training loop every subsystem shares.
 
-A subsystem trainer supplies a `Task` (how to init variables, the loss, its data and its evaluation)
-and calls `train(config, workdir, task)`. The loop owns everything else: mesh and shardings, the
-optimizer (with freezing), the jitted donated `train_step(state, batch, rng)`, resume order, NaN
-checks, logging, evaluation cadence, checkpoints, preemption and profiling.
+A subsystem trainer supplies a `Task` (how to init variables, the loss, its data, its evaluation and
+the config values it derives) and calls `train(config, workdir, task)`. The loop owns everything else:
+mesh and shardings, the optimizer (with freezing), the jitted donated `train_step(state, batch, rng)`,
+resume order, NaN checks, logging, evaluation cadence, checkpoints, preemption and profiling.
+`build(config, task)` gives the same step and initial state without the loop (benchmarks time it).
 
 Train state is a plain dict: {"step", "params", "opt_state", "model_state", "control"}; `opt_state` covers
 only the trainable (non-frozen) parameters, `model_state` holds non-trained collections (e.g. batch_stats),
@@ -12,6 +13,7 @@ checkpointed with the rest so a resumed run continues them exactly.
 """
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -21,6 +23,7 @@ from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -47,6 +50,10 @@ class Task:
   # replicated once, passed to each step as an argument (not baked into the program as constants),
   # and never optimised or checkpointed.
   constants: Any = None
+  # config -> {"dotted.key": value}: values the task derives (freeze patterns, init_from). Applied before
+  # config.json is written, so the recorded config is the one that ran; must give the same values when
+  # applied to its own output (a recorded config run again).
+  derive_config: Callable[[ml_collections.ConfigDict], dict] | None = None
 
 
 @flax.struct.dataclass
@@ -55,19 +62,20 @@ class StepContext:
   step: jax.Array  # traced int32, e.g. for loss-weight ramps such as the distillation alpha
   model_state: Any  # non-trained collections (batch_stats); return the updated one
   constants: Any  # Task.constants
+  total_steps: int = flax.struct.field(pytree_node=False, default=0)  # the run's length, for schedules in losses
 
 
 class Preempted(Exception):
   """Raised out of `train` after a SIGTERM was handled by saving a checkpoint."""
 
 
-def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
+def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule, total_steps: int = 0) -> Callable:
   """Builds `train_step(state, batch, rng) -> (state, metrics)`; jit and donate it at the call site."""
 
   def train_step(state, batch, rng, constants=None):
     step = state["step"]
     ctx = StepContext(rng=jax.random.fold_in(rng, step), step=step, model_state=state["model_state"],
-                      constants=constants)  # a fresh, reproducible key per step
+                      constants=constants, total_steps=total_steps)  # a fresh, reproducible key per step
     trainable, frozen = optim.split_params(state["params"], mask)
 
     def objective(t):
@@ -91,33 +99,46 @@ def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule) -> Callable:
   return train_step
 
 
-def evaluate(per_example_fn, state, batches: Iterable[dict], mesh) -> dict[str, float]:
-  """Exact means over a whole split: `per_example_fn(state, batch) -> {name: (B,) values}`.
-
-  `batches` come from `data.eval_batches` (padded, with `mask`); padded rows are weighted 0.
-  """
-  @jax.jit
+@functools.lru_cache(maxsize=64)
+def _jitted_sums(per_example_fn):
   def masked_sums(state, batch):
     values = per_example_fn(state, batch)
     mask = batch["mask"]
     return {k: jnp.sum(v * mask) for k, v in values.items()}, jnp.sum(mask)
+  return jax.jit(masked_sums)
 
+
+@functools.lru_cache(maxsize=64)
+def _jitted_gather(fn, mesh):
+  return jax.jit(lambda st, b: (fn(st, b), b["mask"]), out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(per_example_fn, state, batches: Iterable[dict], mesh=None) -> dict[str, float]:
+  """Exact means over a whole split: `per_example_fn(state, batch) -> {name: (B,) values}`.
+
+  `state` holds device arrays (the train state, or variables placed with `parallel.replicate`); the
+  batches (from `data.eval_batches`, padded, with `mask`) are laid out on the same mesh (or `mesh` when the
+  state holds none). Compiled once per `per_example_fn`, so build that function once, not per evaluation.
+  """
+  mesh = parallel.mesh_of(state) if mesh is None else mesh
+  fn = _jitted_sums(per_example_fn)
   totals, count = None, 0.0
   for batch in batches:
-    sums, n = parallel.to_host(masked_sums(state, parallel.to_global(batch, mesh)))
+    sums, n = parallel.to_host(fn(state, parallel.to_global(batch, mesh)))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
     count += float(n)
   return {k: float(v) / count for k, v in totals.items()}
 
 
-def predict(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
+def predict(fn, state, batches: Iterable[dict], mesh=None) -> dict[str, np.ndarray]:
   """Per-example outputs over a whole split, on every process: `fn(state, batch) -> {name: (B, ...) arrays}`.
 
-  `batches` come from `data.eval_batches`; outputs are gathered to every process (replicated out_shardings)
+  `state` and `batches` as for `evaluate`; outputs are gathered to every process (replicated out_shardings)
   and padded rows dropped, so rows follow the source order. For scores that need the whole split (AUC,
   gallery-probe identification), not for huge outputs.
   """
-  gathered = jax.jit(lambda st, b: (fn(st, b), b["mask"]), out_shardings=parallel.replicated(mesh))
+  mesh = parallel.mesh_of(state) if mesh is None else mesh
+  gathered = _jitted_gather(fn, mesh)
   parts, masks = [], []
   for batch in batches:
     out, mask = parallel.to_host(gathered(state, parallel.to_global(batch, mesh)))
@@ -198,19 +219,53 @@ def update_control(control: dict, eval_metrics: dict, config) -> tuple[dict, boo
   return control, stop
 
 
-def train(config, workdir: str, task: Task) -> dict:
-  """Runs (or resumes) training to `config.total_steps|epochs`; returns the final state."""
-  workdir = os.path.abspath(workdir)
-  mesh = parallel.make_mesh()
-  local_batch = parallel.local_batch_size(config.batch_size)
+def apply_derived_config(config, task: Task) -> dict:
+  """Writes the task's derived values into `config` (in place); returns them."""
+  derived = dict(task.derive_config(config)) if task.derive_config is not None else {}
+  with config.unlocked():
+    for key, value in derived.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return derived
+
+
+@dataclasses.dataclass
+class Built:
+  """What `build` makes: the trainer's own jitted step and state, ready to run or to time."""
+  mesh: jax.sharding.Mesh
+  abstract_state: Any  # ShapeDtypeStructs of the train state
+  state_sharding: Any
+  init_state: Callable[[], dict]  # () -> a fresh sharded train state (jitted)
+  train_step: Callable  # jitted, donated: (state, global batch, rng, constants) -> (state, metrics)
+  train_rng: jax.Array  # replicated; the step folds in the step number
+  constants: Any  # Task.constants on the devices (None when the task has none)
+  mask: dict[str, bool]  # trainable (True) / frozen per '/'-joined parameter path
+  durations: dict[str, int]  # steps_per_epoch, total, log_every, eval_every, ckpt_every
+
+
+def build(config, task: Task, mesh=None) -> Built:
+  """Mesh, shardings, optimizer with freezing, and the jitted donated train step, from config + task.
+
+  `train` runs the loop on top of it; benchmarks call it to time exactly the step that trains.
+  Expects the task's derived config values to be applied already (`apply_derived_config`).
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
   epoch_examples = len(task.train_order) if task.train_order is not None else len(task.train_source)
   steps_per_epoch = max(1, epoch_examples // config.batch_size)
-  total_steps = optim.steps_from(config, "total", steps_per_epoch)
-  every = lambda name: optim.steps_from(config, name, steps_per_epoch)
-  log_every, eval_every, ckpt_every = every("log_every"), every("eval_every"), every("ckpt_every")
+  durations = {"steps_per_epoch": steps_per_epoch}
+  for name in ("total", "log_every", "eval_every", "ckpt_every"):
+    durations[name] = optim.steps_from(config, name, steps_per_epoch)
+  total_steps = durations["total"]
   tx, schedule = optim.make_optimizer(config.optim, total_steps, steps_per_epoch)
 
-  # ---------------------------------------------------------------- state: shapes, shardings, init
+  rng = jax.random.key(config.seed)
+  init_rng, train_rng = jax.random.split(rng)
+  abstract_params = jax.eval_shape(task.init_variables, init_rng)["params"]
+  mask = optim.trainable_mask(abstract_params, config.optim.freeze)
+
   def init_state(rng):
     variables = dict(task.init_variables(rng))
     params = variables.pop("params")
@@ -218,26 +273,50 @@ def train(config, workdir: str, task: Task) -> dict:
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables,
                 control=initial_control())
 
-  rng = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(rng)
-  abstract_params = jax.eval_shape(task.init_variables, init_rng)["params"]
-  mask = optim.trainable_mask(abstract_params, config.optim.freeze)
-  n_frozen = sum(not m for m in mask.values())
-  metrics_lib.log_info("%d parameter tensors, %d frozen by optim.freeze", len(mask), n_frozen)
   abstract_state = jax.eval_shape(init_state, init_rng)
   state_sharding = parallel.param_sharding(mesh, abstract_state)
+  jitted_init = jax.jit(init_state, out_shardings=state_sharding)
+  train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule, total_steps), donate_argnums=(0,),
+                       out_shardings=(state_sharding, parallel.replicated(mesh)))
+  constants = None if task.constants is None else parallel.replicate(task.constants, mesh)
+  return Built(mesh=mesh, abstract_state=abstract_state, state_sharding=state_sharding,
+               init_state=lambda: jitted_init(init_rng), train_step=train_step,
+               train_rng=parallel.from_host(train_rng, parallel.replicated(mesh)), constants=constants, mask=mask,
+               durations=durations)
 
+
+def train(config, workdir: str, task: Task) -> dict:
+  """Runs (or resumes) training to `config.total_steps|epochs`; returns the final state.
+
+  Before anything is written the task's derived values and the resolved durations go into `config`, and
+  DIR/config.json records it: passed back with --config it repeats the run.
+  """
+  workdir = os.path.abspath(workdir)
+  derived = apply_derived_config(config, task)
+  run = build(config, task)
+  mesh, state_sharding, durations = run.mesh, run.state_sharding, run.durations
+  total_steps = durations["total"]
+  log_every, eval_every, ckpt_every = durations["log_every"], durations["eval_every"], durations["ckpt_every"]
+  with config.unlocked():  # record the step counts the epochs resolved to
+    for name in ("total", "log_every", "eval_every", "ckpt_every"):
+      config[f"{name}_steps"] = durations[name]
+  for key, value in derived.items():
+    metrics_lib.log_info("derived config: %s = %r", key, value)
+  local_batch = parallel.local_batch_size(config.batch_size)
+  n_frozen = sum(not m for m in run.mask.values())
+  metrics_lib.log_info("%d parameter tensors, %d frozen by optim.freeze", len(run.mask), n_frozen)
   train_iter = data.train_iterator(task.train_source, local_batch=local_batch, transforms=task.train_transforms,
                                    seed=config.seed, worker_count=config.worker_count, order=task.train_order)
+  metrics_lib.write_config(config, workdir)  # inputs checked: the first file this run writes
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep_latest=config.keep_ckpts,
                                  keep_best=config.keep_best, best_metric=config.best_metric,
                                  best_mode=config.best_mode)
 
   # Resume order: workdir checkpoint > config.init_from (converted weights, strict) > scratch.
   if ckpt.latest_step() is not None:
-    state, train_iter = ckpt.restore(checkpoint.abstract_like(abstract_state, state_sharding), train_iter)
+    state, train_iter = ckpt.restore(checkpoint.abstract_like(run.abstract_state, state_sharding), train_iter)
   else:
-    state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+    state = run.init_state()
     if config.init_from.path:
       params = checkpoint.load_init_from(parallel.to_host(state["params"]), config.init_from.path,
                                          config.init_from.into, config.init_from.dont_load)
@@ -251,11 +330,7 @@ def train(config, workdir: str, task: Task) -> dict:
   if task.on_start is not None:
     task.on_start(state)
 
-  train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule), donate_argnums=(0,),
-                       out_shardings=(state_sharding, parallel.replicated(mesh)))
-  train_rng = parallel.from_host(train_rng, parallel.replicated(mesh))
-  constants = None if task.constants is None else parallel.from_host(
-      task.constants, parallel.param_sharding(mesh, task.constants))
+  train_step, train_rng, constants = run.train_step, run.train_rng, run.constants
   writer = metrics_lib.MetricWriter(workdir)
   preempt = _PreemptionFlag()
   # Collectives dispatched ahead on CPU can deadlock XLA's rendezvous on few cores: block there.

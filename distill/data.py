@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from common import data as common_data
+from common import progress
 
 CLASS_DIRS = ((0, ("real", "0_real")), (1, ("fake", "1_fake")))  # (label, accepted folder names)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -117,7 +118,8 @@ class ImageFolderSource:
 
     # Threads, not processes: the check is mostly file I/O (network file systems) and zlib CRCs, both GIL-free.
     with concurrent.futures.ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as pool:
-      ok = list(pool.map(_is_readable, files, chunksize=64))
+      ok = list(progress.track(pool.map(_is_readable, files, chunksize=64), total=len(files),
+                               desc=f"{self.folder}: checking images", unit="files"))
     bad = [f for f, good in zip(files, ok) if not good]
     if bad:
       fraction = len(bad) / len(files)

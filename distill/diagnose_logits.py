@@ -5,8 +5,8 @@
       --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned [--config.student.weights=runs/student/student_export]
 """
 
-from common import config as config_lib
+from common import cli
 from distill import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.diagnose_logits)
+  cli.run_main(evaluate.diagnose_logits)

@@ -45,15 +45,15 @@ def _say(msg: str) -> None:
 def _val_source(config):
   if not config.data.root:
     raise ValueError("set --config.data.root to the dataset folder (it needs a val/ split)")
-  return data.split_source(config.data.root, config.data.val_split, **train._source_kwargs(config))  # pylint: disable=protected-access
+  return data.split_source(config.data.root, config.data.val_split, **train.source_kwargs(config))
 
 
 def _teacher_report(config, workdir: str, prefix: str) -> dict:
   hw = (config.data.crop, config.data.crop)
-  module, variables = train.load_teacher(config, hw)
   source = _val_source(config)
-  out = train.predict(module, variables, source, train.val_transforms(config), config, parallel.make_mesh(),
-                      maps=True)
+  module, variables = train.load_teacher(config, hw)
+  variables = parallel.replicate(variables, parallel.make_mesh())
+  out = train.predict(module, variables, source, train.val_transforms(config), config, maps=True)
   report = {"teacher_weights": config.teacher.weights, "teacher_path": train.teacher_path(config),
             "val": repr(source), **metrics.binary_report(out["logit"], out["label"]),
             "image_logits": metrics.logit_stats(out["logit"]),
@@ -93,11 +93,12 @@ def evaluate_teacher(config, workdir: str) -> dict:
 def diagnose_logits(config, workdir: str) -> dict:
   """Teacher vs aligned student logit ranges, MSE and scale ratio on val (spec 003, step 2)."""
   hw = (config.data.crop, config.data.crop)
+  source, mesh, tf = _val_source(config), parallel.make_mesh(), train.val_transforms(config)
   teacher, t_vars = train.load_teacher(config, hw)
   student, s_vars = train.load_student(config, hw)
-  source, mesh, tf = _val_source(config), parallel.make_mesh(), train.val_transforms(config)
-  t_maps = train.predict(teacher, t_vars, source, tf, config, mesh, maps=True)["patch_logits"]
-  s_maps = train.predict(student, s_vars, source, tf, config, mesh, maps=True)["patch_logits"]
+  t_vars, s_vars = parallel.replicate(t_vars, mesh), parallel.replicate(s_vars, mesh)
+  t_maps = train.predict(teacher, t_vars, source, tf, config, maps=True)["patch_logits"]
+  s_maps = train.predict(student, s_vars, source, tf, config, maps=True)["patch_logits"]
   aligned = np.asarray(losses.align_to_teacher(jnp.asarray(s_maps), t_maps.shape[1:]))
   report = {"teacher_weights": config.teacher.weights, "student_weights": config.student.weights or "fresh init",
             "teacher_map": list(t_maps.shape[1:]), "student_map": list(s_maps.shape[1:]),
@@ -139,19 +140,21 @@ def evaluate_student(config, workdir: str) -> dict:
   if config.teacher.weights != "random" and (config.teacher.weights not in train.TEACHER_NAMES
                                               or config.teacher.paths[config.teacher.weights]):
     teacher, t_vars = train.load_teacher(config, hw)
-  subsets = data.split_sources(config.data.root, config.data.test_split, **train._source_kwargs(config))  # pylint: disable=protected-access
+  subsets = data.split_sources(config.data.root, config.data.test_split, **train.source_kwargs(config))
   tf = data.eval_transforms(config.data.resize, None, resample=config.data.resample)  # the full image, as the original
   mesh = parallel.make_mesh()
+  s_dev = parallel.replicate(s_vars, mesh)
+  t_dev = parallel.replicate(t_vars, mesh) if teacher is not None else None
   report = {"student_weights": config.student.weights, "subsets": {}}
   all_out = {"student": [], "teacher": []}
   roc = {}
   for name, source in subsets.items():
-    out = train.predict(student, s_vars, source, tf, config, mesh)
+    out = train.predict(student, s_dev, source, tf, config)
     entry = {"images": len(source), "student": metrics.binary_report(out["logit"], out["label"])}
     all_out["student"].append(out)
     roc[f"student {name}"] = (out["logit"], out["label"])
     if teacher is not None:
-      t_out = train.predict(teacher, t_vars, source, tf, config, mesh)
+      t_out = train.predict(teacher, t_dev, source, tf, config)
       entry["teacher"] = metrics.binary_report(t_out["logit"], t_out["label"])
       all_out["teacher"].append(t_out)
     report["subsets"][name] = entry

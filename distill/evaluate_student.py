@@ -6,8 +6,8 @@
       --config.student.weights=runs/student/student_export
 """
 
-from common import config as config_lib
+from common import cli
 from distill import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.evaluate_student)
+  cli.run_main(evaluate.evaluate_student)

@@ -171,11 +171,14 @@ def logit_diagnosis(teacher_maps, student_aligned_maps) -> dict:
           "range_ratio": range_ratio, "std_ratio": std_ratio, "verdicts": verdicts}
 
 
-def roc_png(path: str, named: Mapping[str, tuple]) -> None:
-  """ROC curves, one per name -> (logits, labels), with each AUC in the legend; a one-class set gets no curve."""
+def roc_png(path: str, named: Mapping[str, tuple]) -> dict:
+  """ROC curves, one per name -> (logits, labels), with each AUC in the legend; a one-class set gets no curve.
+
+  Returns the plot's `plots.describe` (title, axis labels, legend texts).
+  """
   if not named:
     raise ValueError("roc_png needs at least one (logits, labels) pair")
-  curves = {}
+  curves, aucs = {}, {}
   for name, (logits, labels) in named.items():
     x, y = _logits_labels(logits, labels)
     if y.min() == y.max():
@@ -183,11 +186,14 @@ def roc_png(path: str, named: Mapping[str, tuple]) -> None:
       curves[f"{name} (no ROC: one class)"] = (np.zeros(0), np.zeros(0))
       continue
     fpr, tpr, _ = skm.roc_curve(y, x)
-    curves[f"{name} (AUC {skm.roc_auc_score(y, x):.4f})"] = (fpr, tpr)
-  plots.curves_png(path, curves, title="ROC: true-positive (fake) rate vs false-positive rate", diagonal=True)
+    curves[name], aucs[name] = (fpr, tpr), float(skm.roc_auc_score(y, x))
+  return plots.curves_png(path, curves, title="ROC: fake detected vs real flagged", diagonal=True,
+                          xlabel="false-positive rate (real called fake)",
+                          ylabel="true-positive rate (fake called fake)", aucs=aucs)
 
 
-def logit_histogram_png(path: str, logits, labels, title: str = "") -> None:
+def logit_histogram_png(path: str, logits, labels, title: str = "") -> dict:
   """Overlaid histograms of the real (label 0) and fake (label 1) logits, with each class's mean and count."""
   x, y = _logits_labels(logits, labels)
-  plots.histogram_png(path, {"real": x[y == 0], "fake": x[y == 1]}, title=title or "logits: real vs fake")
+  return plots.histogram_png(path, {"real": x[y == 0], "fake": x[y == 1]}, title=title or "logits: real vs fake",
+                             xlabel="logit (> 0: fake)", ylabel="fraction of class per bin")

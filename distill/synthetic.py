@@ -35,6 +35,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from common import progress
+
 # Split -> (subset, upsampler kinds of its fakes). Fakes cycle through the kinds, so each is equally common.
 SPLITS = {
     "train": (None, ("nearest", "tconv")),
@@ -209,9 +211,9 @@ def _upsamplers_by_folder() -> dict[str, list[str]]:
   return {"/".join(filter(None, (split, subset))): list(kinds) for split in SPLITS for subset, kinds in _subsets(split)}
 
 
-def _write_pngs(folder: str, images: np.ndarray):
+def _write_pngs(folder: str, images: np.ndarray, desc: str = ""):
   os.makedirs(folder)
-  for i, img in enumerate(images):
+  for i, img in enumerate(progress.track(images, desc=desc or f"write {folder}", unit="images")):
     Image.fromarray(img).save(os.path.join(folder, f"{i:05d}.png"), compress_level=1)
 
 
@@ -236,8 +238,9 @@ def write_dataset(out: str, size: int = 64, counts: dict | None = None, seed: in
         rng = np.random.default_rng([seed, split_id, sub_id])
         real, fake, _ = generate(rng, n - n // 2, n // 2, size, kinds)
         folder = os.path.join(tmp, split, *([subset] if subset else []))
-        _write_pngs(os.path.join(folder, "0_real"), real)
-        _write_pngs(os.path.join(folder, "1_fake"), fake)
+        name = "/".join(filter(None, (split, subset)))
+        _write_pngs(os.path.join(folder, "0_real"), real, desc=f"write {name}/0_real")
+        _write_pngs(os.path.join(folder, "1_fake"), fake, desc=f"write {name}/1_fake")
     info = dict(
         generator="distill.synthetic", size=size, counts=counts, seed=seed, labels={"0_real": 0, "1_fake": 1},
         fake_upsamplers=_upsamplers_by_folder(),

@@ -24,6 +24,7 @@ weights for fine-tuning, with BatchNorm statistics; stage 1's student for stage 
   the whole student on the combined objective. W/student_export is stage 2's best.
 """
 
+import functools
 import os
 import shutil
 
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common import checkpoint, config as config_lib, data as common_data, models, optim, parallel, trainer
+from common import checkpoint, data as common_data, models, optim, parallel, trainer
 from distill import data, losses, metrics, models as dmodels
 
 TEACHER_NAMES = ("wildrf", "forensynth", "finetuned")
@@ -41,62 +42,8 @@ TEACHER_EXPORT, STUDENT_EXPORT = "teacher_finetuned", "student_export"
 
 
 # ----------------------------------------------------------------------------------------------
-# Config shared by configs/distill/{teacher,student}.py
-# ----------------------------------------------------------------------------------------------
-def workflow_config(arg=None) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """(config, parsed args): the data, teacher and student sections every distill command reads; `smoke`
-  shrinks everything for CPU."""
-  a = config_lib.parse_arg(arg, smoke=False, teacher="wildrf", two_stage=False, bce_only=False, per_patch=False,
-                           normalize=False, progression=False)
-  c = config_lib.base_config()
-  c.data = ml_collections.ConfigDict(dict(
-      root="", train_split="train", val_split="val", test_split="test",
-      resize=256, crop=224, flip=True, resample="bilinear",  # official: Resize(256) -> RandomCrop(224) / full image
-      max_bad_fraction=0.01, imbalance_ratio=1.5))
-  # weights: wildrf | forensynth | finetuned (a path under `paths`) | a converted ladeda9 directory | random
-  # (random init: demos and tests only).
-  c.teacher = ml_collections.ConfigDict(dict(
-      weights=a.teacher, paths=dict(wildrf="", forensynth="", finetuned=""),
-      model=dict(width=64, layers=(3, 4, 6, 3), kernel3=(1, 1, 0, 0), preprocess_type="NPR", stem_bn_momentum=0.001),
-      unfreeze_blocks=1))  # kernel3: LaDeDa33/17/9/5 = (1,1,1,1) / (1,1,1,0) / (1,1,0,0) / (1,0,0,0)
-  c.student = ml_collections.ConfigDict(dict(
-      model=dict(width=8, preprocess_type="right_diag", stem_bn_momentum=0.001),
-      weights="",  # a tiny_ladeda directory (evaluate_student, diagnose_logits); "" -> fresh init
-      mode="patch" if a.per_patch else "map",
-      alpha_distill=0.0 if a.bce_only else 0.05, alpha_task=1.0 if a.bce_only else 0.95,
-      normalize=a.normalize,
-      progression=((0.0, 0.01), (0.25, 0.05), (0.5, 0.1), (0.75, 0.5)) if a.progression else (),
-      two_stage=a.two_stage,
-      stage1=dict(epochs=5.0, lr=1e-3, alpha_distill=1.0, alpha_task=0.0),
-      stage2=dict(epochs=20.0, lr=1e-4)))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=32, throughput_batch=32, throughput_repeats=10))
-  c.best_metric, c.best_mode = "val/auc", "max"
-  c.log_every_steps, c.eval_every_steps, c.eval_every_epochs = 50, 0, 1.0
-  c.ckpt_every_steps, c.ckpt_every_epochs = 0, 1.0
-  c.worker_count = 4
-  if a.smoke:
-    # 64 px synthetic images at their own size (a crop at odd offsets would shift NPR's 2x2 grid); a width-8,
-    # one-block-per-stage LaDeDa keeps the 9x9 receptive field; stem BatchNorm statistics that can follow a
-    # from-scratch model within a few dozen steps (the original's 0.001 needs thousands).
-    c.data.resize, c.data.crop = 64, 64
-    c.teacher.model.update(width=8, layers=(1, 1, 1, 1), stem_bn_momentum=0.1)
-    c.student.model.stem_bn_momentum = 0.1
-    c.batch_size, c.eval.batch_size, c.eval.throughput_batch, c.eval.throughput_repeats = 16, 32, 8, 3
-    c.total_epochs, c.eval_every_epochs, c.ckpt_every_epochs = 0.0, 0.0, 0.0
-    c.total_steps, c.eval_every_steps, c.ckpt_every_steps, c.log_every_steps = 30, 10, 10, 5
-    c.student.stage1.epochs, c.student.stage2.epochs = 1.0, 1.0
-    c.worker_count = 0
-  return c, a
-
-
-# ----------------------------------------------------------------------------------------------
 # Models, weights, data
 # ----------------------------------------------------------------------------------------------
-def _module_kwargs(module) -> dict:
-  """A linen module's constructor fields minus the compute dtype, as saved next to exported weights."""
-  return {f: getattr(module, f) for f in module.__dataclass_fields__ if f not in ("parent", "name", "dtype")}
-
-
 def teacher_path(config) -> str:
   """The converted teacher directory named by config.teacher.weights ('' for a random teacher)."""
   w = config.teacher.weights
@@ -117,28 +64,21 @@ def teacher_path(config) -> str:
 
 
 def load_teacher(config, image_hw):
-  """(module, variables) of the frozen teacher; a random one (seeded) when teacher.weights=random."""
+  """(module, host variables) of the frozen teacher; a random one (seeded) when teacher.weights=random."""
   path = teacher_path(config)
-  if path:
-    module, variables = models.load("ladeda9", path)
-    return module, jax.tree.map(np.asarray, variables)
-  logging.warning("teacher has RANDOM weights (teacher.weights=random): only meaningful for demos and tests")
-  module = dmodels.LaDeDa(**config.teacher.model)
-  variables = jax.jit(module.init)(jax.random.key(config.seed + 1), jnp.zeros((1, *image_hw, 3)))  # eager: op by op
-  return module, jax.tree.map(np.asarray, variables)
+  if not path:
+    logging.warning("teacher has RANDOM weights (teacher.weights=random): only meaningful for demos and tests")
+  return models.load_or_init(path or "random", dmodels.LaDeDa(**config.teacher.model), (1, *image_hw, 3),
+                             config.seed + 1, names=("ladeda9",))
 
 
 def load_student(config, image_hw):
-  """(module, variables): config.student.weights (a tiny_ladeda directory) or a fresh seeded init."""
-  if config.student.weights:
-    module, variables = models.load("tiny_ladeda", config.student.weights)
-    return module, jax.tree.map(np.asarray, variables)
-  module = dmodels.TinyLaDeDa(**config.student.model)
-  variables = jax.jit(module.init)(jax.random.key(config.seed), jnp.zeros((1, *image_hw, 3)))
-  return module, jax.tree.map(np.asarray, variables)
+  """(module, host variables): config.student.weights (a tiny_ladeda directory) or a fresh seeded init."""
+  return models.load_or_init(config.student.weights or "random", dmodels.TinyLaDeDa(**config.student.model),
+                             (1, *image_hw, 3), config.seed, names=("tiny_ladeda",))
 
 
-def _source_kwargs(config) -> dict:
+def source_kwargs(config) -> dict:
   return dict(max_bad_fraction=config.data.max_bad_fraction, imbalance_ratio=config.data.imbalance_ratio)
 
 
@@ -147,38 +87,42 @@ def train_val_sources(config):
     raise ValueError("set --config.data.root to a folder with train/ and val/ splits of {real,fake} or "
                      "{0_real,1_fake} images (make a synthetic one with python -m distill.synthetic --out DIR)")
   d = config.data
-  return data.split_source(d.root, d.train_split, **_source_kwargs(config)), data.split_source(
-      d.root, d.val_split, **_source_kwargs(config))
+  return data.split_source(d.root, d.train_split, **source_kwargs(config)), data.split_source(
+      d.root, d.val_split, **source_kwargs(config))
 
 
 def val_transforms(config):
   return data.eval_transforms(config.data.resize, config.data.crop, resample=config.data.resample)
 
 
-def predict(module, variables, source, transforms, config, mesh, maps: bool = False) -> dict:
-  """{"logit", "label"(, "patch_logits")} for every image of `source`, in source order."""
-  def fn(v, batch):
-    logit, aux = module.apply(v, batch["image"])
+@functools.lru_cache(maxsize=16)
+def _logits_fn(module, maps: bool):
+  """One function per (module, maps), so trainer.predict compiles it once per run, not per evaluation."""
+  def fn(variables, batch):
+    logit, aux = module.apply(variables, batch["image"])
     out = {"logit": logit, "label": batch["label"]}
     if maps:
       out["patch_logits"] = aux["patch_logits"]
     return out
+  return fn
 
+
+def predict(module, variables, source, transforms, config, maps: bool = False) -> dict:
+  """{"logit", "label"(, "patch_logits")} for every image of `source`, in source order; `variables` on the
+  devices (the train state's, or host ones placed with `parallel.replicate`)."""
   bs = config.eval.batch_size
   batches = common_data.eval_batches(source, global_batch=bs, local_batch=parallel.local_batch_size(bs),
                                      transforms=transforms)
-  variables = parallel.from_host(variables, parallel.param_sharding(mesh, variables))
-  return trainer.predict(fn, variables, batches, mesh)
+  return trainer.predict(_logits_fn(module, maps), variables, batches)
 
 
-def _val_eval_fn(module, val_source, config, mesh):
+def _val_eval_fn(module, val_source, config):
   """eval_fn for the trainer: the binary report of the model in the train state on the val split."""
   transforms = val_transforms(config)
 
   def eval_fn(state, step):
     del step
-    variables = {"params": state["params"], **state["model_state"]}
-    out = predict(module, parallel.to_host(variables), val_source, transforms, config, mesh)
+    out = predict(module, {"params": state["params"], **state["model_state"]}, val_source, transforms, config)
     report = metrics.binary_report(out["logit"], out["label"])
     report["loss"] = float(np.mean(np.logaddexp(0.0, out["logit"]) - out["label"] * out["logit"]))
     return {f"val/{k}": v for k, v in report.items() if not k.startswith("n_")}
@@ -187,19 +131,20 @@ def _val_eval_fn(module, val_source, config, mesh):
 
 
 def _export_best(workdir: str, config, module, name: str, dst: str) -> None:
-  """Writes the best evaluated checkpoint (by config.best_metric) as a model directory `dst`."""
-  step = checkpoint.best_step(workdir, config.best_metric, config.best_mode)
-  state, _ = checkpoint.load_trained_state(workdir, step)
-  if jax.process_index() == 0:
-    if os.path.exists(dst):
-      shutil.rmtree(dst)  # re-exported after every (resumed) run
-    models.save(dst, name, _module_kwargs(module), {"params": state["params"], **state["model_state"]})
-    logging.info("exported step %d (best %s) to %s", step, config.best_metric, dst)
+  """The best evaluated checkpoint (params + BatchNorm statistics) as the model directory `dst`."""
+  checkpoint.export_best(workdir, config, name, models.module_kwargs(module),
+                         lambda s: {"params": s["params"], **s["model_state"]}, dst)
 
 
 # ----------------------------------------------------------------------------------------------
 # Stage 1: teacher fine-tuning
 # ----------------------------------------------------------------------------------------------
+def teacher_module(config):
+  """The LaDeDa to fine-tune: the converted teacher's own architecture, else config.teacher.model."""
+  path = teacher_path(config)
+  return models.module_of(path) if path else dmodels.LaDeDa(**config.teacher.model)
+
+
 def teacher_freeze_patterns(unfreeze_blocks: int, num_stages: int = 4) -> tuple[str, ...]:
   """optim.freeze regexes: the stem and all but the last `unfreeze_blocks` stages (fc always trains; -1: all)."""
   if unfreeze_blocks < 0 or unfreeze_blocks > num_stages:
@@ -211,20 +156,19 @@ def teacher_freeze_patterns(unfreeze_blocks: int, num_stages: int = 4) -> tuple[
   return tuple(patterns)
 
 
-def train_teacher(config, workdir: str):
-  train_src, val_src = train_val_sources(config)
+def teacher_task(config, train_src, val_src) -> trainer.Task:
+  """Stage 1: BCE fine-tuning of the last `teacher.unfreeze_blocks` stages (+ fc) of the configured teacher."""
   hw = (config.data.crop, config.data.crop)
   path = teacher_path(config)
   n = config.teacher.unfreeze_blocks
   frozen_stages = 0 if n < 0 or n > 4 else 5 - n
-  module = dmodels.LaDeDa(**config.teacher.model)
-  if path:
-    module = models.load("ladeda9", path)[0]  # the converted model's own architecture
-  with config.unlocked():
-    config.optim.freeze = tuple(config.optim.freeze) + teacher_freeze_patterns(n)
-    if path and not config.init_from.path:
-      config.init_from.path = path
-  mesh = parallel.make_mesh()
+  module = teacher_module(config)
+
+  def derive_config(c):
+    derived = {"optim.freeze": optim.with_frozen(c.optim.freeze, teacher_freeze_patterns(n))}
+    if path and not c.init_from.path:  # the weights to fine-tune, with their BatchNorm statistics
+      derived["init_from.path"] = path
+    return derived
 
   def loss_fn(params, batch, ctx):
     (logit, _), new_state = module.apply({"params": params, **ctx.model_state}, batch["image"], train=True,
@@ -233,13 +177,17 @@ def train_teacher(config, workdir: str):
     accuracy = jnp.mean((logit > 0) == (batch["label"] > 0))
     return loss, ({"bce": loss, "accuracy": accuracy}, new_state)
 
-  task = trainer.Task(
+  return trainer.Task(
       init_variables=lambda rng: module.init(rng, jnp.zeros((1, *hw, 3))), loss_fn=loss_fn, train_source=train_src,
       train_transforms=data.train_transforms(config.data.resize, config.data.crop, config.data.flip,
                                              resample=config.data.resample),
-      eval_fn=_val_eval_fn(module, val_src, config, mesh))
+      eval_fn=_val_eval_fn(module, val_src, config), derive_config=derive_config)
+
+
+def train_teacher(config, workdir: str):
+  task = teacher_task(config, *train_val_sources(config))
   state = trainer.train(config, workdir, task)
-  _export_best(workdir, config, module, "ladeda9", os.path.join(workdir, TEACHER_EXPORT))
+  _export_best(workdir, config, teacher_module(config), "ladeda9", os.path.join(workdir, TEACHER_EXPORT))
   return state
 
 
@@ -250,15 +198,14 @@ def needs_teacher(cfg_student) -> bool:
   return cfg_student.mode == "patch" or cfg_student.alpha_distill > 0 or bool(cfg_student.progression)
 
 
-def _student_task(config, train_src, val_src, mesh) -> trainer.Task:
+def student_task(config, train_src, val_src) -> trainer.Task:
+  """Stage 3: the Tiny-LaDeDa student against the frozen teacher (a step constant), or BCE only."""
   cs = config.student
   if cs.mode not in ("map", "patch"):
     raise ValueError(f"student.mode={cs.mode!r}; use map (the seed's image-level recipe) or patch (per-patch)")
   hw = (config.data.crop, config.data.crop)
   student = dmodels.TinyLaDeDa(**cs.model)
   teacher, teacher_vars = load_teacher(config, hw) if needs_teacher(cs) else (None, None)
-  # the trainer's own step count, so the alpha progression spans exactly the run
-  total_steps = optim.steps_from(config, "total", max(1, len(train_src) // config.batch_size))
   progression = tuple(tuple(p) for p in cs.progression)
 
   def loss_fn(params, batch, ctx):
@@ -275,7 +222,8 @@ def _student_task(config, train_src, val_src, mesh) -> trainer.Task:
       return loss, ({"patch_mse": loss}, new_state)
     (logit, aux), new_state = student.apply({"params": params, **ctx.model_state}, x, train=True,
                                             mutable=["batch_stats"])
-    a_d, a_t = losses.alpha_weights(ctx.step, total_steps, cs.alpha_distill, cs.alpha_task, progression)
+    # the trainer's own step count, so the alpha progression spans exactly the run
+    a_d, a_t = losses.alpha_weights(ctx.step, ctx.total_steps, cs.alpha_distill, cs.alpha_task, progression)
     if teacher is None:  # BCE only: no teacher forward at all
       task_loss = losses.bce_with_logits(logit, batch["label"])
       return a_t * task_loss, ({"task": task_loss, "alpha_task": a_t}, new_state)
@@ -288,13 +236,11 @@ def _student_task(config, train_src, val_src, mesh) -> trainer.Task:
       init_variables=lambda rng: student.init(rng, jnp.zeros((1, *hw, 3))), loss_fn=loss_fn, train_source=train_src,
       train_transforms=data.train_transforms(config.data.resize, config.data.crop, config.data.flip,
                                              resample=config.data.resample),
-      eval_fn=_val_eval_fn(student, val_src, config, mesh), constants=teacher_vars)
+      eval_fn=_val_eval_fn(student, val_src, config), constants=teacher_vars)
 
 
 def _run_student(config, workdir: str):
-  train_src, val_src = train_val_sources(config)
-  mesh = parallel.make_mesh()
-  state = trainer.train(config, workdir, _student_task(config, train_src, val_src, mesh))
+  state = trainer.train(config, workdir, student_task(config, *train_val_sources(config)))
   _export_best(workdir, config, dmodels.TinyLaDeDa(**config.student.model), "tiny_ladeda",
                os.path.join(workdir, STUDENT_EXPORT))
   return state

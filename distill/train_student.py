@@ -4,8 +4,8 @@
       --config.data.root=DATA --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned
 """
 
-from common import config as config_lib
+from common import cli
 from distill import train
 
 if __name__ == "__main__":
-  config_lib.run_main(train.train_student)
+  cli.run_main(train.train_student)

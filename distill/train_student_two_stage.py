@@ -5,8 +5,8 @@
       --config.teacher.paths.finetuned=runs/teacher/teacher_finetuned
 """
 
-from common import config as config_lib
+from common import cli
 from distill import train
 
 if __name__ == "__main__":
-  config_lib.run_main(train.train_student_two_stage)
+  cli.run_main(train.train_student_two_stage)

@@ -4,8 +4,8 @@
       --config.data.root=DATA --config.teacher.paths.wildrf=ckpt/ladeda_wildrf
 """
 
-from common import config as config_lib
+from common import cli
 from distill import train
 
 if __name__ == "__main__":
-  config_lib.run_main(train.train_teacher)
+  cli.run_main(train.train_teacher)

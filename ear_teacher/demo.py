@@ -9,11 +9,10 @@ metrics.jsonl, tensorboard/, recon_latest.png, checkpoints/, encoder_export/, fe
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
-from common import config as config_lib, metrics
+from common import cli, metrics
 from configs.ear_teacher import default
 from ear_teacher import evaluate, synthetic, train
 
@@ -23,7 +22,7 @@ _STEPS = flags.DEFINE_integer("steps", 400, "training steps")
 
 def main(argv):
   del argv
-  config_lib.quiet_logging()
+  cli.quiet_logging()
   workdir = os.path.abspath(_WORKDIR.value)
   data_dir = os.path.join(workdir, "data")
   if not os.path.isfile(os.path.join(data_dir, "val_ids.npy")):
@@ -32,11 +31,10 @@ def main(argv):
   config = default.get_config("demo")
   config.train_npy, config.val_npy = os.path.join(data_dir, "train.npy"), os.path.join(data_dir, "val.npy")
   config.total_steps = _STEPS.value
-  config_lib.write_config(config, workdir)
   train.train_and_evaluate(config, workdir)
   report = evaluate.evaluate(workdir)
   evals = [r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "val/psnr" in r]
-  print(f"\nval PSNR by eval step: " + ", ".join(f"{r['step']}: {r['val/psnr']:.2f} dB" for r in evals))
+  print("\nval PSNR by eval step: " + ", ".join(f"{r['step']}: {r['val/psnr']:.2f} dB" for r in evals))
   print(f"val SSIM first -> last: {evals[0]['val/ssim_index']:.3f} -> {evals[-1]['val/ssim_index']:.3f}")
   print("feature report:", json.dumps(report["features"], indent=1))
   print(f"\nlook at: {workdir}/recon_latest.png (top: inputs, bottom: reconstructions), "

@@ -16,20 +16,18 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
-from common import checkpoint, data, parallel, plots, trainer
+from common import checkpoint, config as config_lib, data, parallel, plots, trainer
 from ear_teacher import losses, model as model_lib
 from ear_teacher.data import NpyImageSource
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: str):
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found; pass the --workdir of an ear_teacher.main run")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return config_lib.from_json(path)
 
 
 def cosine_matrix(feats: np.ndarray) -> np.ndarray:
@@ -66,7 +64,7 @@ def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_n
     raise ValueError(f"{ids_path}: {len(ids)} ids for {len(source)} images in {val_path}")
 
   mesh = parallel.make_mesh()
-  params = parallel.from_host(params, parallel.param_sharding(mesh, params))
+  params = parallel.replicate(params, mesh)
 
   def per_example(state, batch):
     out = model.apply({"params": state}, batch["image"])
@@ -76,7 +74,7 @@ def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_n
   local = parallel.local_batch_size(batch)
   resize = data.Resize(size)
   quality = trainer.evaluate(per_example, params, data.eval_batches(
-      source, global_batch=batch, local_batch=local, transforms=[resize]), mesh)
+      source, global_batch=batch, local_batch=local, transforms=[resize]))
 
   # Replicated output: every process gets all of mu (an all-gather), so slicing by the mask is local.
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode)[0],

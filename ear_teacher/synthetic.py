@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from common import progress
+
 
 def sample_identity(rng):
     """Draws the shape and tone parameters that define one ear identity."""
@@ -221,7 +223,8 @@ def generate(num_identities, images_per_identity, size, seed, id_offset=0):
     images = np.empty((num_identities * images_per_identity, size, size, 3), np.uint8)
     ids = np.repeat(np.arange(id_offset, id_offset + num_identities, dtype=np.int32),
                     images_per_identity)
-    for n, ident in enumerate(ids):
+    desc = f"render ears (ids {id_offset}-{id_offset + num_identities - 1})"
+    for n, ident in enumerate(progress.track(ids, desc=desc, unit="images")):
         # Fixed-length seed tuples keep the identity and image streams distinct.
         params = sample_identity(np.random.default_rng([seed, ident, 0, 0]))
         image_rng = np.random.default_rng([seed, ident, 1, n % images_per_identity])

@@ -4,6 +4,7 @@ Entry point: python -m ear_teacher.main --config configs/ear_teacher/default.py 
 Resume order (common.trainer): DIR/checkpoints > config.init_from (converted DINOv2 into the encoder's
 backbone) > scratch. The VGG16 of the perceptual term is a fixed loss network: loaded from
 config.perceptual.vgg_path, passed to each step as a constant, never trained or checkpointed.
+The best evaluated checkpoint (config.best_metric, val/total) is exported as DIR/encoder_export.
 """
 
 import os
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from common import data, models, parallel, trainer
+from common import checkpoint, data, models, optim, parallel, trainer
 from common.models import vgg as vgg_lib
 from ear_teacher import losses, model as model_lib
 from ear_teacher.data import NpyImageSource
@@ -106,8 +107,7 @@ def make_task(config, workdir):
                      f"2**{stages} (decoder upsamplings), e.g. {7 * 2 ** stages}")
   model = model_lib.from_config(cfg_m)
   depth = model_lib.dinov2.make(cfg_m.backbone.variant, **model.encoder.backbone_overrides).depth
-  with config.unlocked():
-    config.optim.freeze = tuple(config.optim.freeze) + backbone_freeze_patterns(config.backbone_trainable_blocks, depth)
+  freeze = backbone_freeze_patterns(config.backbone_trainable_blocks, depth)
   if not config.init_from.path:
     logging.warning("DINOv2 backbone has RANDOM weights: no --config.init_from.path (convert the hub checkpoint "
                     "with `python -m common.convert --model dinov2_%s ...`)", cfg_m.backbone.variant)
@@ -133,22 +133,22 @@ def make_task(config, workdir):
     total, parts = losses.total_loss(batch_terms(out, x, config.loss, vgg_module, ctx.constants), weights)
     return total, (parts, ctx.model_state)
 
-  mesh = parallel.make_mesh()
-  vgg_on_device = None if vgg_vars is None else parallel.from_host(vgg_vars, parallel.param_sharding(mesh, vgg_vars))
-
   def per_example(state, batch):
     x = batch["image"]
     out = model.apply({"params": state["params"]}, x, train=False)
-    terms = per_example_terms(out, x, config.loss, vgg_module, vgg_on_device, batch["mask"])
+    terms = per_example_terms(out, x, config.loss, vgg_module, state["vgg"], batch["mask"])
     terms["total"] = sum(weights[k] * terms[k] for k in TERMS if weights[k])
     return {f"val/{k}": v for k, v in terms.items()}
 
   recon_fn = jax.jit(lambda params, x: model.apply({"params": params}, x)["recon"])
+  placed = {}  # the VGG on the run's mesh, placed at the first evaluation
 
   def eval_fn(state, step):
+    if "vgg" not in placed:
+      placed["vgg"] = None if vgg_vars is None else parallel.replicate(vgg_vars, parallel.mesh_of(state))
     local = parallel.local_batch_size(config.batch_size)
     batches = data.eval_batches(val_src, global_batch=config.batch_size, local_batch=local, transforms=val_tf)
-    result = trainer.evaluate(per_example, state, batches, mesh)
+    result = trainer.evaluate(per_example, {"params": state["params"], "vgg": placed["vgg"]}, batches)
     check_health(result, state, step)
     return result
 
@@ -162,8 +162,7 @@ def make_task(config, workdir):
       logging.warning("step %d: KL %.1f < %.0f: too weak, may memorise", step, kl, config.health.kl_low)
     n = min(config.grid_images, len(val_src))
     x = np.stack([val_tf[0].map(val_src[i])["image"] for i in range(n)])
-    params = parallel.to_host(state["params"])
-    recon = np.asarray(recon_fn(params, x))
+    recon = np.asarray(parallel.to_host(recon_fn(state["params"], x)))
     spread_in, spread_out = x.std(0).mean(), recon.std(0).mean()
     result["val/recon_spread_ratio"] = float(spread_out / max(spread_in, 1e-8))
     if spread_out < config.health.collapse_ratio * spread_in:
@@ -177,24 +176,14 @@ def make_task(config, workdir):
   task = trainer.Task(init_variables=lambda rng: model.init({"params": rng, "reparam": rng},
                                                              jnp.zeros((1, size, size, 3)), train=True),
                       loss_fn=loss_fn, train_source=train_src, train_transforms=train_tf, eval_fn=eval_fn,
-                      constants=vgg_vars)
+                      constants=vgg_vars,
+                      derive_config=lambda c: {"optim.freeze": optim.with_frozen(c.optim.freeze, freeze)})
   return task, model, val_src, val_tf
-
-
-def export_encoder(params, config, dst: str) -> None:
-  """Saves backbone + encoder head as a model directory: `common.models.load("ear_teacher_encoder", dst)`."""
-  enc = jax.tree.map(np.asarray, params["encoder"])
-  models.save(dst, "ear_teacher_encoder", model_lib.encoder_kwargs(config.model), {"params": enc})
 
 
 def train_and_evaluate(config, workdir):
   task, _, _, _ = make_task(config, workdir)
   state = trainer.train(config, workdir, task)
-  if jax.process_index() == 0:
-    dst = os.path.join(workdir, "encoder_export")
-    if os.path.exists(dst):
-      import shutil  # pylint: disable=import-outside-toplevel
-      shutil.rmtree(dst)  # re-exported after every (resumed) run: it mirrors the final state
-    export_encoder(parallel.to_host(state["params"]), config, dst)
-    logging.info("exported the encoder to %s", dst)
+  checkpoint.export_best(workdir, config, "ear_teacher_encoder", model_lib.encoder_kwargs(config.model),
+                         lambda s: {"params": s["params"]["encoder"]}, os.path.join(workdir, "encoder_export"))
   return state

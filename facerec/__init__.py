@@ -1,6 +1,5 @@
-"""EdgeFace face recognition for very-low-resolution faces through a DSR front end (spec 004).
+"""EdgeFace face recognition of very-low-resolution faces through a DSR front end (spec 004).
 
-So far: EdgeFace with its PyTorch converter (facerec/models.py, registered as `edgeface_xs_gamma_06` and
-`edgeface_s_gamma_05`). The DSR front end, contrastive fine-tuning and gallery-probe evaluation are still
-to come (issue 5).
+models.py (EdgeFace + converter), dsr.py, data.py, synthetic.py, losses.py, protocol.py, train.py (DSR,
+fine-tuning), evaluate.py (gallery-probe evaluation, diagnostics); one module per seed script (README table).
 """

@@ -5,8 +5,8 @@
       --config.dsr.weights=runs/dsr/dsr_export
 """
 
-from common import config as config_lib
+from common import cli
 from facerec import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.analyze_scores)
+  cli.run_main(evaluate.analyze_scores)

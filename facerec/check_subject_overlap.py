@@ -4,8 +4,8 @@
       --config.eval.gallery_root=DATA/train --config.eval.probe_root=DATA/val
 """
 
-from common import config as config_lib
+from common import cli
 from facerec import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.check_subject_overlap)
+  cli.run_main(evaluate.check_subject_overlap)

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from common import image_ops
+from common import progress
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 _SHOW = 5  # names listed in messages before "... (N more)"
@@ -114,7 +115,8 @@ class SubjectFolder:
 
     paths = [os.path.join(self.root, s, f) for s in subject_dirs for f in listed[s]]
     with futures.ThreadPoolExecutor(16) as pool:  # file I/O bound; helps most on network storage
-      headers = list(pool.map(_header, paths))
+      headers = list(progress.track(pool.map(_header, paths), total=len(paths),
+                                    desc=f"{self.root}: checking images", unit="files"))
     bad = [f"{p} ({h})" for p, h in zip(paths, headers) if isinstance(h, str)]
     if len(bad) > max_bad_fraction * len(paths):
       raise DataError(f"{self.root}: {len(bad)} of {len(paths)} images are unreadable (more than max_bad_fraction="

@@ -14,7 +14,7 @@ import os
 
 from absl import app, flags
 
-from common import config as config_lib
+from common import cli
 from configs.facerec import dsr as dsr_config, finetune as finetune_config
 from facerec import evaluate, synthetic, train
 
@@ -28,13 +28,12 @@ def _config(module, arg, data_dir, workdir, steps):
   c.data.train_root, c.data.val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
   c.total_steps, c.eval_every_steps, c.ckpt_every_steps = steps, max(steps // 3, 1), max(steps // 3, 1)
   c.optim.lr, c.optim.clip_grad_norm, c.optim.warmup_steps = 2e-3, 1.0, 10
-  config_lib.write_config(c, workdir)
   return c
 
 
 def main(argv):
   del argv
-  config_lib.quiet_logging()
+  cli.quiet_logging()
   workdir = os.path.abspath(_WORKDIR.value)
   data_dir, steps = os.path.join(workdir, "data"), _STEPS.value
   if not os.path.isdir(os.path.join(data_dir, "val")):

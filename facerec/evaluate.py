@@ -8,10 +8,10 @@ Each reads a configs/facerec/*.py config, prints a summary and writes JSON (+ PN
   EdgeFace ("direct", the baseline that is always reported) and, as an upper bound, HR -> EdgeFace ("hr").
   Rank-1/5, verification at 0.35, TAR at fixed FARs, EER, genuine/impostor means; edgeface.weights
   ("pretrained") and eval.finetuned_weights side by side; a score-distribution PNG.
-* `test_pretrained`: the same protocol for edgeface.weights alone, with the seed's per-subject printout.
-* `test_gallery`: gallery enrolment check (embedding norms, per-subject consistency) and probe similarity
+* `evaluate_pretrained`: the same protocol for edgeface.weights alone, with the seed's per-subject printout.
+* `check_gallery`: gallery enrolment check (embedding norms, per-subject consistency) and probe similarity
   to the own gallery for the first subjects (the seed's Test 1 / Test 2).
-* `test_with_arcface`: does an ArcFace head help? Backbone cosine vs ArcFace class scores of HR gallery images
+* `compare_arcface`: does an ArcFace head help? Backbone cosine vs ArcFace class scores of HR gallery images
   and DSR probes (the seed's Test 3); needs eval.arcface_head from an arcface fine-tuning run.
 * `check_subject_overlap`: subjects shared by eval.gallery_root and eval.probe_root.
 * `analyze_scores`: genuine / impostor distributions, EER, accuracy over a threshold sweep, per pipeline.
@@ -75,8 +75,10 @@ def _embed_split(config, weights: str, split):
   edgeface, ef_vars = train.load_edgeface(config, weights)
   dsr, dsr_vars = train.load_dsr(config) if config.dsr.weights else (None, None)
   mesh = parallel.make_mesh()
-  g_emb = train.embed_folder(edgeface, ef_vars, dsr, dsr_vars, gallery, config, mesh)
-  p_emb = g_emb if probes is gallery else train.embed_folder(edgeface, ef_vars, dsr, dsr_vars, probes, config, mesh)
+  ef_vars = parallel.replicate(ef_vars, mesh)
+  dsr_vars = None if dsr is None else parallel.replicate(dsr_vars, mesh)
+  g_emb = train.embed_folder(edgeface, ef_vars, dsr, dsr_vars, gallery, config)
+  p_emb = g_emb if probes is gallery else train.embed_folder(edgeface, ef_vars, dsr, dsr_vars, probes, config)
   if probes is not gallery:  # labels are folder-local: map probe subjects onto gallery label ids (-1: unknown)
     lookup = {s: i for i, s in enumerate(gallery.subjects)}
     p_emb = dict(p_emb, label=np.array([lookup.get(probes.subjects[l], -1) for l in p_emb["label"]], np.int32))
@@ -123,7 +125,7 @@ def evaluate_dataset(config, workdir: str) -> dict:
   return report
 
 
-def test_pretrained(config, workdir: str, subjects_to_print: int = 5) -> dict:
+def evaluate_pretrained(config, workdir: str, subjects_to_print: int = 5) -> dict:
   """edgeface.weights alone on data.val_root, with the seed's per-subject similarity printout."""
   split = _split(config)
   embedded = _embed_split(config, config.edgeface.weights, split)
@@ -148,7 +150,7 @@ def test_pretrained(config, workdir: str, subjects_to_print: int = 5) -> dict:
   return report
 
 
-def test_gallery(config, workdir: str) -> dict:
+def check_gallery(config, workdir: str) -> dict:
   """Gallery enrolment check and probe-to-own-gallery similarity (the seed's Tests 1 and 2)."""
   split = _split(config)
   g_emb, gallery_idx, p_emb, probe_idx = _embed_split(config, config.edgeface.weights, split)
@@ -171,7 +173,7 @@ def test_gallery(config, workdir: str) -> dict:
   return report
 
 
-def test_with_arcface(config, workdir: str) -> dict:
+def compare_arcface(config, workdir: str) -> dict:
   """Backbone cosine vs ArcFace-head class scores for HR gallery images and DSR probes (the seed's Test 3)."""
   if not config.eval.arcface_head or not os.path.isfile(config.eval.arcface_head):
     raise FileNotFoundError(f"eval.arcface_head={config.eval.arcface_head!r}: pass W/{train.ARCFACE_HEAD} of a "

@@ -6,8 +6,8 @@
       --config.dsr.weights=runs/dsr/dsr_export
 """
 
-from common import config as config_lib
+from common import cli
 from facerec import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.evaluate_dataset)
+  cli.run_main(evaluate.evaluate_dataset)

@@ -5,8 +5,8 @@
       --config.edgeface.weights=ckpt/edgeface_xs --config.dsr.weights=runs/dsr/dsr_export
 """
 
-from common import config as config_lib
+from common import cli
 from facerec import train
 
 if __name__ == "__main__":
-  config_lib.run_main(train.finetune)
+  cli.run_main(train.finetune)

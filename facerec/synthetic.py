@@ -33,6 +33,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from common import progress
+
 SPLITS = {"train": 1, "val": 2, "test": 3}  # a split's code in the per-image seed
 
 # Eye colours (brown, dark brown, hazel, green, blue, grey): a fine cue, the iris is ~6 px across at 112.
@@ -249,7 +251,7 @@ def generate(subjects, images: int, size: int = 112, seed: int = 0, split: str =
   so a subject is the same face in every split and call, and splits never share an image.
   """
   out = np.empty((len(subjects), images, size, size, 3), np.uint8)
-  for a, k in enumerate(subjects):
+  for a, k in enumerate(progress.track(subjects, desc=f"render {split} faces", unit="subjects")):
     identity = sample_identity(np.random.default_rng([seed, k, 0, 0]))
     for j in range(images):
       rng = np.random.default_rng([seed, k, SPLITS[split], j])

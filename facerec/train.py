@@ -21,71 +21,28 @@ as VLR -> DSR -> EdgeFace probes), never in-batch pair similarity: the seed's tr
 while gallery matching was 1.9%. Exports: W/edgeface_export (and W/arcface_head.npz for arcface).
 """
 
+import functools
 import os
-import shutil
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from common import checkpoint, config as config_lib, data as common_data, models, parallel, trainer
+from common import checkpoint, data as common_data, models, parallel, trainer
 from facerec import data, dsr as dsr_lib, losses, models as fmodels, protocol
 
 EDGEFACE_EXPORT, DSR_EXPORT, ARCFACE_HEAD = "edgeface_export", "dsr_export", "arcface_head.npz"
 
 
 # ----------------------------------------------------------------------------------------------
-# Config shared by configs/facerec/*.py
-# ----------------------------------------------------------------------------------------------
-def workflow_config(arg=None):
-  """(config, parsed args) with the data / edgeface / dsr / finetune / eval sections every command reads."""
-  a = config_lib.parse_arg(arg, smoke=False, arcface=False, dsr_trainable=False, variant="edgeface_xs_gamma_06")
-  c = config_lib.base_config()
-  c.data = ml_collections.ConfigDict(dict(
-      train_root="", val_root="", image_size=112, resize=False, max_bad_fraction=0.01, gallery_per_subject=3,
-      flip=True, eval_seed=0,  # eval probes are degraded with rngs seeded by (eval_seed, image index)
-      degradation=dict(vlr_size=16, blur_sigma=(0.5, 1.5), noise_std=(0.0, 0.02), down="area")))
-  # weights: a converted EdgeFace directory (python -m common.convert --model edgeface_xs_gamma_06 ...), an
-  # edgeface_export of a fine-tuning run, or "random" (demos and tests only).
-  # layer_scale_init: the layer-scale gammas of a random EdgeFace (timm's 1e-6 makes every block start as the
-  # identity, which a from-scratch CPU demo cannot afford; converted weights are never touched).
-  c.edgeface = ml_collections.ConfigDict(dict(variant=a.variant, weights="", overrides=dict(), layer_scale_init=1e-6))
-  # weights: a dsr_export of facerec.train_dsr, or "random" (an untrained DSR is exactly bicubic upsampling).
-  c.dsr = ml_collections.ConfigDict(dict(
-      weights="", trainable=a.dsr_trainable, identity_weight=0.5,
-      model=dict(in_size=16, out_size=112, features=64, num_blocks=8)))
-  c.finetune = ml_collections.ConfigDict(dict(
-      loss="arcface" if a.arcface else "contrastive", temperature=0.07, images_per_subject=4,
-      arcface_s=64.0, arcface_m=0.5))
-  c.eval = ml_collections.ConfigDict(dict(
-      batch_size=64, threshold=0.35, fars=(0.1, 0.01, 0.001),
-      gallery_root="", probe_root="",  # evaluate_dataset: separate roots (else data.val_root split 3 / rest)
-      finetuned_weights="",  # evaluate_dataset: a second EdgeFace reported beside edgeface.weights
-      arcface_head=""))  # test_with_arcface: W/arcface_head.npz of an arcface fine-tuning run
-  c.best_metric, c.best_mode = "val/rank_1", "max"
-  c.log_every_steps, c.eval_every_steps, c.eval_every_epochs = 50, 0, 1.0
-  c.ckpt_every_steps, c.ckpt_every_epochs = 0, 1.0
-  c.worker_count = 4
-  if a.smoke:
-    # 4-stage EdgeFace with one block per stage (SDTA blocks in stages 2-4 kept) at 112 px, an 8-block DSR
-    # of width 16: CPU seconds per step.
-    c.edgeface.overrides = dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), heads=(2, 2, 2, 2), embedding_dim=64)
-    c.edgeface.layer_scale_init = 0.1
-    c.dsr.model.update(features=16, num_blocks=2)
-    c.batch_size, c.eval.batch_size, c.worker_count = 16, 32, 0
-    c.total_epochs, c.eval_every_epochs, c.ckpt_every_epochs = 0.0, 0.0, 0.0
-    c.total_steps, c.eval_every_steps, c.ckpt_every_steps, c.log_every_steps = 30, 10, 10, 5
-  return c, a
-
-
-# ----------------------------------------------------------------------------------------------
 # Models and data
 # ----------------------------------------------------------------------------------------------
-def _module_kwargs(module, **override) -> dict:
-  kw = {f: getattr(module, f) for f in module.__dataclass_fields__ if f not in ("parent", "name", "dtype")}
-  return {**kw, **override}
+def _random_edgeface(config):
+  if config.edgeface.variant not in fmodels.VARIANTS:
+    raise ValueError(f"edgeface.variant={config.edgeface.variant!r}; known: {', '.join(fmodels.VARIANTS)}")
+  kwargs = {**fmodels.VARIANTS[config.edgeface.variant], **config.edgeface.overrides}
+  return fmodels.EdgeFace(**kwargs, normalize_input=True)
 
 
 def load_edgeface(config, weights: str | None = None):
@@ -94,22 +51,16 @@ def load_edgeface(config, weights: str | None = None):
   if not weights:
     raise ValueError("set --config.edgeface.weights to a converted EdgeFace directory (python -m common.convert "
                      f"--model {config.edgeface.variant} --src edgeface.pt --dst DIR), an edgeface_export, or random")
+  module = _random_edgeface(config) if weights == "random" else None
+  size = config.data.image_size
+  # Saved EdgeFaces take [-1, 1] like the release; our images are in [0, 1], so normalise inside the module.
+  module, variables = models.load_or_init(weights, module, (1, size, size, 3), config.seed + 7,
+                                          names=tuple(fmodels.VARIANTS), normalize_input=True)
   if weights == "random":
-    if config.edgeface.variant not in fmodels.VARIANTS:
-      raise ValueError(f"edgeface.variant={config.edgeface.variant!r}; known: {', '.join(fmodels.VARIANTS)}")
-    kwargs = {**fmodels.VARIANTS[config.edgeface.variant], **config.edgeface.overrides}
-    module = fmodels.EdgeFace(**kwargs, normalize_input=True)
-    size = config.data.image_size
-    # jitted: an eager init compiles every op on its own (20 s on CPU for the smoke EdgeFace)
-    variables = jax.jit(module.init)(jax.random.key(config.seed + 7), jnp.zeros((1, size, size, 3)))
     gamma = config.edgeface.layer_scale_init
     variables = jax.tree_util.tree_map_with_path(
-        lambda path, v: np.full_like(v, gamma) if str(path[-1].key).startswith("gamma") else np.asarray(v), variables)
-    return module, variables
-  meta = models.read_meta(weights)
-  _, variables = models.load(meta["model"], weights)
-  module = fmodels.EdgeFace(**{**meta["kwargs"], "normalize_input": True})  # our images are in [0, 1]
-  return module, jax.tree.map(np.asarray, variables)
+        lambda path, v: np.full_like(v, gamma) if str(path[-1].key).startswith("gamma") else v, variables)
+  return module, variables
 
 
 def load_dsr(config, weights: str | None = None):
@@ -118,13 +69,9 @@ def load_dsr(config, weights: str | None = None):
   if not weights:
     raise ValueError("set --config.dsr.weights to a DSR export (W/dsr_export of python -m facerec.train_dsr), or "
                      "random (an untrained DSR, which upsamples bicubically)")
-  if weights == "random":
-    module = dsr_lib.DSR(**config.dsr.model)
-    variables = jax.jit(module.init)(jax.random.key(config.seed + 11),
-                                     jnp.zeros((1, module.in_size, module.in_size, 3)))
-    return module, jax.tree.map(np.asarray, variables)
-  module, variables = models.load("dsr", weights)
-  return module, jax.tree.map(np.asarray, variables)
+  module = dsr_lib.DSR(**config.dsr.model)
+  return models.load_or_init(weights, module, (1, module.in_size, module.in_size, 3), config.seed + 11,
+                             names=("dsr",))
 
 
 def degradation(config) -> data.Degradation:
@@ -149,25 +96,28 @@ def train_transforms(config) -> list:
 # ----------------------------------------------------------------------------------------------
 # Gallery-probe evaluation (validation during training and the evaluate commands)
 # ----------------------------------------------------------------------------------------------
-def embed_folder(edgeface, ef_vars, dsr, dsr_vars, source, config, mesh) -> dict:
-  """Embeddings of every image of `source` through three pipelines, in source order:
-  hr (the 112 px image), sr (deterministic VLR -> DSR), direct (VLR -> bicubic -> EdgeFace, the baseline)."""
-  size = config.data.image_size
-
+@functools.lru_cache(maxsize=16)
+def _embed_fn(edgeface, dsr, size: int):
+  """One function per model pair, so trainer.predict compiles it once per run, not per evaluation."""
   def fn(v, batch):
     out = {"label": batch["label"], "hr": edgeface.apply(v["edgeface"], batch["image"]),
            "direct": edgeface.apply(v["edgeface"], data.upsample_bicubic(batch["vlr"], size))}
     if dsr is not None:
       out["sr"] = edgeface.apply(v["edgeface"], dsr.apply(v["dsr"], batch["vlr"]))
     return out
+  return fn
 
+
+def embed_folder(edgeface, ef_vars, dsr, dsr_vars, source, config) -> dict:
+  """Embeddings of every image of `source` through three pipelines, in source order:
+  hr (the 112 px image), sr (deterministic VLR -> DSR), direct (VLR -> bicubic -> EdgeFace, the baseline).
+  The variables are on the devices (a train state's, or placed with `parallel.replicate`)."""
   variables = {"edgeface": ef_vars, **({"dsr": dsr_vars} if dsr is not None else {})}
-  variables = parallel.from_host(variables, parallel.param_sharding(mesh, variables))
   bs = config.eval.batch_size
   batches = common_data.eval_batches(
       source, global_batch=bs, local_batch=parallel.local_batch_size(bs),
       transforms=[data.AddVLRDeterministic(degradation(config), seed=config.data.eval_seed)])
-  return trainer.predict(fn, variables, batches, mesh)
+  return trainer.predict(_embed_fn(edgeface, dsr, config.data.image_size), variables, batches)
 
 
 def gallery_probe(emb: dict, gallery_idx, probe_idx, config, probe_emb: dict | None = None) -> dict:
@@ -184,15 +134,22 @@ def gallery_probe(emb: dict, gallery_idx, probe_idx, config, probe_emb: dict | N
   return out
 
 
-def _val_eval_fn(config, val_src, mesh, edgeface_of, dsr_of):
-  """eval_fn: gallery-probe on the val folder with the state's models; `*_of(state)` give (module, variables)."""
+def _val_eval_fn(config, val_src, edgeface_of, dsr_of):
+  """eval_fn: gallery-probe on the val folder with the state's models. `*_of(state, place)` give (module,
+  device variables); `place(name, host_tree)` puts a frozen model on the run's mesh once."""
   gallery_idx, probe_idx = data.gallery_probe_split(val_src, config.data.gallery_per_subject)
+  placed = {}
 
   def eval_fn(state, step):
     del step
-    host = parallel.to_host({"params": state["params"], "model_state": state["model_state"]})
-    (ef, ef_vars), (ds, ds_vars) = edgeface_of(host), dsr_of(host)
-    emb = embed_folder(ef, ef_vars, ds, ds_vars, val_src, config, mesh)
+
+    def place(name, tree):
+      if name not in placed:
+        placed[name] = parallel.replicate(tree, parallel.mesh_of(state))
+      return placed[name]
+
+    (ef, ef_vars), (ds, ds_vars) = edgeface_of(state, place), dsr_of(state, place)
+    emb = embed_folder(ef, ef_vars, ds, ds_vars, val_src, config)
     reports = gallery_probe(emb, gallery_idx, probe_idx, config)
     result = {f"val/{k}": reports["sr"][k] for k in ("rank_1", "rank_5", "verification_accuracy",
                                                      "genuine_accept_rate", "genuine_mean", "impostor_mean", "eer")}
@@ -203,29 +160,21 @@ def _val_eval_fn(config, val_src, mesh, edgeface_of, dsr_of):
   return eval_fn
 
 
-def _export(workdir: str, config, name: str, kwargs: dict, pick, dst: str) -> dict:
-  """Saves `pick(best state)` as a model directory (best by config.best_metric); returns that state."""
-  step = checkpoint.best_step(workdir, config.best_metric, config.best_mode)
-  state, _ = checkpoint.load_trained_state(workdir, step)
-  if jax.process_index() == 0:
-    if os.path.exists(dst):
-      shutil.rmtree(dst)  # re-exported after every (resumed) run
-    models.save(dst, name, kwargs, pick(state))
-    logging.info("exported step %d (best %s) to %s", step, config.best_metric, dst)
-  return state
-
-
 # ----------------------------------------------------------------------------------------------
 # DSR training
 # ----------------------------------------------------------------------------------------------
-def train_dsr(config, workdir: str):
-  train_src, val_src = folder(config, config.data.train_root), folder(config, config.data.val_root)
+def train_sources(config):
+  """(train folder, val folder), checked."""
+  return folder(config, config.data.train_root), folder(config, config.data.val_root)
+
+
+def dsr_task(config, train_src, val_src) -> trainer.Task:
+  """The DSR trains through a frozen EdgeFace (a step constant): L1(SR, HR) + identity loss."""
   edgeface, ef_vars = load_edgeface(config)
   net = dsr_lib.DSR(**config.dsr.model)
   if config.data.degradation.vlr_size != net.in_size:
     raise ValueError(f"data.degradation.vlr_size={config.data.degradation.vlr_size} but dsr.model.in_size="
                      f"{net.in_size}; set both to the same very-low resolution")
-  mesh = parallel.make_mesh()
   weight = config.dsr.identity_weight
 
   def loss_fn(params, batch, ctx):
@@ -235,35 +184,39 @@ def train_dsr(config, workdir: str):
     identity = losses.identity_loss(e_sr, jax.lax.stop_gradient(e_hr))
     return l1 + weight * identity, ({"l1": l1, "identity": identity}, ctx.model_state)
 
-  task = trainer.Task(
+  return trainer.Task(
       init_variables=lambda rng: net.init(rng, jnp.zeros((1, net.in_size, net.in_size, 3))), loss_fn=loss_fn,
       train_source=train_src, train_transforms=train_transforms(config), constants=ef_vars,
-      eval_fn=_val_eval_fn(config, val_src, mesh, lambda host: (edgeface, ef_vars),
-                           lambda host: (net, {"params": host["params"]})))
-  state = trainer.train(config, workdir, task)
-  _export(workdir, config, "dsr", _module_kwargs(net), lambda s: {"params": s["params"]},
-          os.path.join(workdir, DSR_EXPORT))
+      eval_fn=_val_eval_fn(config, val_src, lambda state, place: (edgeface, place("edgeface", ef_vars)),
+                           lambda state, place: (net, {"params": state["params"]})))
+
+
+def train_dsr(config, workdir: str):
+  state = trainer.train(config, workdir, dsr_task(config, *train_sources(config)))
+  checkpoint.export_best(workdir, config, "dsr", models.module_kwargs(dsr_lib.DSR(**config.dsr.model)),
+                         lambda s: {"params": s["params"]}, os.path.join(workdir, DSR_EXPORT))
   return state
 
 
 # ----------------------------------------------------------------------------------------------
 # EdgeFace fine-tuning (contrastive, or ArcFace)
 # ----------------------------------------------------------------------------------------------
-def finetune(config, workdir: str):
+def finetune_task(config, train_src, val_src) -> trainer.Task:
+  """EdgeFace (and the DSR when dsr.trainable) on P x K batches: contrastive over DSR(VLR) and HR, or ArcFace."""
   cf = config.finetune
   if cf.loss not in ("contrastive", "arcface"):
     raise ValueError(f"finetune.loss={cf.loss!r}; use contrastive (the seed's fix) or arcface")
-  train_src, val_src = folder(config, config.data.train_root), folder(config, config.data.val_root)
   edgeface, ef_vars = load_edgeface(config)
   net, dsr_vars = load_dsr(config)
   trainable_dsr = config.dsr.trainable
   num_classes = len(train_src.subjects)
   emb_dim = edgeface.embedding_dim
   weights = config.edgeface.weights
-  if weights != "random" and not config.init_from.path:
-    with config.unlocked():  # strict load of the pretrained EdgeFace into its subtree
-      config.init_from.path, config.init_from.into = weights, "edgeface"
-  mesh = parallel.make_mesh()
+
+  def derive_config(c):  # a strict load of the pretrained EdgeFace into its subtree
+    if weights == "random" or c.init_from.path:
+      return {}
+    return {"init_from.path": weights, "init_from.into": "edgeface"}
 
   def init_variables(rng):
     size = config.data.image_size
@@ -292,26 +245,36 @@ def finetune(config, workdir: str):
     paired = jnp.mean(jnp.sum(losses.l2_normalize(e_sr) * losses.l2_normalize(e_hr), -1))
     return loss, ({"paired_cosine": paired}, ctx.model_state)
 
+  def dsr_of(state, place):
+    return net, ({"params": state["params"]["dsr"]} if trainable_dsr else place("dsr", dsr_vars))
+
   order = data.PKOrder(train_src.labels, config.batch_size, cf.images_per_subject)
-  task = trainer.Task(
+  return trainer.Task(
       init_variables=init_variables, loss_fn=loss_fn, train_source=train_src, train_order=order,
       train_transforms=train_transforms(config), constants=None if trainable_dsr else dsr_vars,
-      eval_fn=_val_eval_fn(config, val_src, mesh, lambda host: (edgeface, {"params": host["params"]["edgeface"]}),
-                           lambda host: (net, {"params": host["params"]["dsr"]} if trainable_dsr else dsr_vars)),
+      eval_fn=_val_eval_fn(config, val_src, lambda state, place: (edgeface, {"params": state["params"]["edgeface"]}),
+                           dsr_of),
       on_start=lambda state: logging.info("fine-tuning EdgeFace (%s loss) from %s; DSR %s", cf.loss, weights,
-                                          "trainable" if trainable_dsr else "frozen"))
+                                          "trainable" if trainable_dsr else "frozen"),
+      derive_config=derive_config)
+
+
+def finetune(config, workdir: str):
+  train_src, val_src = train_sources(config)
+  task = finetune_task(config, train_src, val_src)
   state = trainer.train(config, workdir, task)
   # Saved with the original input convention ([-1, 1]) like converted weights; load_edgeface switches it.
+  weights = config.edgeface.weights
   name = config.edgeface.variant if weights == "random" else models.read_meta(weights)["model"]
-  best = _export(workdir, config, name, _module_kwargs(edgeface, normalize_input=False),
-                 lambda s: {"params": s["params"]["edgeface"]}, os.path.join(workdir, EDGEFACE_EXPORT))
+  edgeface = _random_edgeface(config) if weights == "random" else models.module_of(weights)
+  best = checkpoint.export_best(workdir, config, name, models.module_kwargs(edgeface, normalize_input=False),
+                                lambda s: {"params": s["params"]["edgeface"]}, os.path.join(workdir, EDGEFACE_EXPORT))
   if jax.process_index() == 0:
-    if trainable_dsr:
-      dst = os.path.join(workdir, DSR_EXPORT)
-      if os.path.exists(dst):
-        shutil.rmtree(dst)
-      models.save(dst, "dsr", _module_kwargs(net), {"params": best["params"]["dsr"]})
-    if cf.loss == "arcface":
+    if config.dsr.trainable:
+      dsr = dsr_lib.DSR(**config.dsr.model) if config.dsr.weights == "random" else models.module_of(config.dsr.weights)
+      models.save(os.path.join(workdir, DSR_EXPORT), "dsr", models.module_kwargs(dsr), {"params": best["params"]["dsr"]},
+                  overwrite=True)
+    if config.finetune.loss == "arcface":
       np.savez(os.path.join(workdir, ARCFACE_HEAD), weight=best["params"]["arcface"]["weight"],
                subjects=np.array(train_src.subjects))
   return state

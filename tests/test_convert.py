@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import checkpoint, convert, models
+from common import checkpoint, convert, models, tree
 from tests.conftest import REPO, subprocess_env
 
 torch = pytest.importorskip("torch")
@@ -113,11 +113,11 @@ def test_init_from_subtree_with_dont_load(tmp_path):
   np.testing.assert_array_equal(out["backbone"]["conv"]["kernel"], ref["params"]["conv"]["kernel"])
   np.testing.assert_array_equal(out["backbone"]["fc"]["kernel"], fresh["fc"]["kernel"])  # dont_load kept init
   np.testing.assert_array_equal(out["head"]["kernel"], 1.0)
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="missing in checkpoint"):
+  with pytest.raises(tree.MismatchError, match="missing in checkpoint"):
     checkpoint.load_init_from({"backbone": {**fresh, "new": {"w": np.zeros(2)}}}, str(tmp_path / "conv"), "backbone")
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="no subtree 'encoder'"):
+  with pytest.raises(tree.MismatchError, match="no subtree 'encoder'"):
     checkpoint.load_init_from(params, str(tmp_path / "conv"), into="encoder")
-  with pytest.raises(models.ModelError, match="not a converted model directory"):
+  with pytest.raises(models.ModelError, match="not a saved model directory"):
     checkpoint.load_init_from(params, str(tmp_path), into="backbone")
 
 

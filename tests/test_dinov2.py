@@ -23,7 +23,6 @@ import transformers
 
 from common import convert
 from common import models
-from common.models import dinov2
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False

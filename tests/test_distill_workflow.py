@@ -116,7 +116,7 @@ def test_stage1_fine_tuning_improves_val_auc_and_exports(teacher_run, teacher_di
   module, variables = models.load("ladeda9", teacher_dir)
   assert set(variables) == {"params", "batch_stats"}
   val = data.split_source(data_root, "val")
-  out = train.predict(module, variables, val, train.val_transforms(c), c, parallel.make_mesh())
+  out = train.predict(module, parallel.replicate(variables, parallel.make_mesh()), val, train.val_transforms(c), c)
   assert metrics.binary_report(out["logit"], out["label"])["auc"] == pytest.approx(best["val/auc"], abs=1e-6)
 
 

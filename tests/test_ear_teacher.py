@@ -44,9 +44,7 @@ def test_freeze_patterns():
 
 def test_smoke_training_lowers_loss_evaluates_and_exports(ear_data, tmp_path, caplog):
   c = smoke_config(ear_data, total_steps=10, log_every_steps=2, eval_every_steps=5, ckpt_every_steps=5)
-  from common import config as config_lib
-  config_lib.write_config(c, str(tmp_path))
-  state = train.train_and_evaluate(c, str(tmp_path))
+  train.train_and_evaluate(c, str(tmp_path))
   rows = metrics.read_jsonl(tmp_path / "metrics.jsonl")
   losses = [r["train/total"] for r in rows if "train/total" in r]
   assert losses[-1] < 0.9 * losses[0], losses
@@ -67,12 +65,14 @@ def test_smoke_training_lowers_loss_evaluates_and_exports(ear_data, tmp_path, ca
   assert report["step"] == 10 and json.loads((tmp_path / "feature_report.json").read_text())["step"] == 10
   assert (tmp_path / "feature_similarity.png").exists()
 
-  # The exported encoder reproduces the trained model's mu.
+  # The exported encoder is the best evaluated checkpoint's (lowest val/total) and reproduces its mu.
   module, variables = models.load("ear_teacher_encoder", str(tmp_path / "encoder_export"))
   x = np.random.default_rng(0).random((2, 56, 56, 3)).astype(np.float32)
   mu, _ = module.apply(variables, x)
   full = model_lib.from_config(c.model)
-  params = jax.device_get(state["params"])
+  best = min(evals, key=lambda r: r["val/total"])["step"]
+  params, step = checkpoint.load_trained_params(str(tmp_path), checkpoint.best_step(str(tmp_path), "val/total", "min"))
+  assert step == best
   mu_ref = full.apply({"params": params}, x, method=full.encode)[0]
   np.testing.assert_allclose(mu, mu_ref, atol=1e-5)
 

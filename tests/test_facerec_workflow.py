@@ -272,7 +272,7 @@ def test_evaluate_dataset_two_roots_maps_probe_labels(faces, tmp_path):
 # ----------------------------------------------------------------------------------------------
 def test_test_pretrained_reports_per_subject(faces, ft_export, tmp_path):
   c = config(FINETUNE, "smoke", faces, **{"edgeface.weights": ft_export})
-  report = evaluate.test_pretrained(c, str(tmp_path))
+  report = evaluate.evaluate_pretrained(c, str(tmp_path))
   saved = json.loads((tmp_path / "pretrained.json").read_text())
   assert saved["weights"] == ft_export and PIPELINES <= set(saved)
   assert saved["hr"]["rank_1"] == report["hr"]["rank_1"] and saved["hr"]["n_probes"] == PROBES
@@ -285,7 +285,7 @@ def test_test_pretrained_reports_per_subject(faces, ft_export, tmp_path):
 
 def test_test_gallery_checks_enrolment(faces, ft_export, tmp_path):
   c = config(FINETUNE, "smoke", faces, **{"edgeface.weights": ft_export})
-  evaluate.test_gallery(c, str(tmp_path))
+  evaluate.check_gallery(c, str(tmp_path))
   saved = json.loads((tmp_path / "gallery_check.json").read_text())
   check = saved["gallery_check"]
   assert (check["n_images"], check["n_subjects"], check["n_single_image_subjects"]) == (3 * SUBJECTS, SUBJECTS, 0)
@@ -356,9 +356,9 @@ def test_arcface_finetuning_and_head_impact(arc_run, faces, tmp_path):
 
   t = config(FINETUNE, "smoke", faces, **{"edgeface.weights": os.path.join(workdir, train.EDGEFACE_EXPORT)})
   with pytest.raises(FileNotFoundError, match="arcface_head"):
-    evaluate.test_with_arcface(t, str(tmp_path))
+    evaluate.compare_arcface(t, str(tmp_path))
   t.eval.arcface_head = os.path.join(workdir, train.ARCFACE_HEAD)
-  report = evaluate.test_with_arcface(t, str(tmp_path))
+  report = evaluate.compare_arcface(t, str(tmp_path))
   saved = json.loads((tmp_path / "arcface_impact.json").read_text())
   assert saved == report and saved["pipeline"] == "sr"
   for key in ("backbone_similarity", "gallery_arcface_score", "probe_arcface_score"):
@@ -373,9 +373,9 @@ def test_arcface_finetuning_and_head_impact(arc_run, faces, tmp_path):
   t.eval.gallery_root = copy_faces(tmp_path / "g", {s: pick(faces / "train", s, 4) for s in ("0002", "0005")})
   known = {s: pick(faces / "val", s, 3) for s in ("0002", "0005")}
   t.eval.probe_root = copy_faces(tmp_path / "p_known", known)
-  only_known = evaluate.test_with_arcface(t, str(tmp_path / "known"))
+  only_known = evaluate.compare_arcface(t, str(tmp_path / "known"))
   t.eval.probe_root = copy_faces(tmp_path / "p_unknown", {**known, "zz_new": pick(faces / "test", "0008", 3)})
-  with_unknown = evaluate.test_with_arcface(t, str(tmp_path / "unknown"))
+  with_unknown = evaluate.compare_arcface(t, str(tmp_path / "unknown"))
   for key in ("backbone_similarity", "probe_arcface_score", "probe_arcface_accuracy", "gallery_arcface_score"):
     assert with_unknown[key] == pytest.approx(only_known[key], abs=1e-6), key
 
@@ -392,7 +392,7 @@ def test_cli_bad_data_is_a_one_line_error(faces, tmp_path):
   cases = {missing: f"{missing}: no such folder", off_size: os.path.join(off_size, "0000", "zz.png") + " is 64x64",
            too_few: f"{too_few}: no subject has more than 3 images"}
   runs = {root: subprocess.Popen(
-      [sys.executable, "-m", "facerec.test_pretrained", "--config", "configs/facerec/finetune.py:smoke",
+      [sys.executable, "-m", "facerec.evaluate_pretrained", "--config", "configs/facerec/finetune.py:smoke",
        "--workdir", str(tmp_path / "w"), f"--config.data.val_root={root}", "--config.edgeface.weights=random"],
       cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for root in cases}
   for root, expected in cases.items():

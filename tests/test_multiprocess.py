@@ -1,6 +1,5 @@
 """Two processes on localhost (jax.distributed over gloo, 1 CPU device each) vs one process with 2 devices."""
 
-import os
 import subprocess
 import sys
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from common import checkpoint, config as config_lib, metrics, parallel, trainer
+from common import checkpoint, config as config_lib, metrics, parallel, trainer, tree
 from tests import toy_config, toy_main
 from tests.conftest import REPO, set_dotted, subprocess_env
 
@@ -153,6 +153,38 @@ def test_cli_overrides_and_errors(tmp_path):
   assert r.returncode != 0 and "flags parsing error: flag --config.total_steps=abc" in r.stderr.lower()
   r = _cli(tmp_path / "d", "--config.batch_size=7")
   assert r.returncode == 2 and "error: batch_size=7 does not divide by the 2 devices" in r.stderr
+  assert not (tmp_path / "d" / "config.json").exists()  # inputs are checked before anything is written
+
+
+def test_saved_config_is_the_config_that_ran_and_reproduces_it(tmp_path):
+  r = _cli(tmp_path / "a", "--config.total_steps=4", "--config.freeze_head=True", "--config.eval_every_steps=2")
+  assert r.returncode == 0, r.stderr
+  saved = config_lib.from_json(str(tmp_path / "a" / "config.json"))
+  assert saved.optim.freeze == ("head/.*",) and "derived config: optim.freeze" in r.stderr
+  # Passed back with --config, the recorded config runs the same training and records itself unchanged
+  # (the derivation is idempotent: the pattern is not appended twice).
+  r = subprocess.run([sys.executable, "-m", "tests.toy_main", "--config", str(tmp_path / "a" / "config.json"),
+                      "--workdir", str(tmp_path / "b")], cwd=REPO, env=subprocess_env(), capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  assert (tmp_path / "b" / "config.json").read_text() == (tmp_path / "a" / "config.json").read_text()
+  a, b = (checkpoint.load_trained_params(str(tmp_path / w))[0] for w in "ab")
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  init = toy_main.TinyNet().init(jax.random.split(jax.random.key(0))[0], np.zeros((1, 8, 8, 3), np.float32))
+  np.testing.assert_array_equal(a["head"]["kernel"], init["params"]["head"]["kernel"])  # frozen as recorded
+  assert not np.array_equal(a["conv"]["kernel"], init["params"]["conv"]["kernel"])
+
+
+def test_config_from_json_errors(tmp_path):
+  (tmp_path / "bad.json").write_text("{not json")
+  with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+    config_lib.from_json(str(tmp_path / "bad.json"))
+  with pytest.raises(FileNotFoundError, match="cannot read config"):
+    config_lib.from_json(str(tmp_path / "missing.json"))
+  (tmp_path / "list.json").write_text("[1, 2]")
+  with pytest.raises(ValueError, match="not a config object"):
+    config_lib.from_json(str(tmp_path / "list.json"))
 
 
 def test_nan_stops_the_run_and_is_never_saved(tmp_path):
@@ -260,7 +292,7 @@ def test_init_from_loads_batch_stats_too(tmp_path):
                                              str(tmp_path / "m"))
   np.testing.assert_array_equal(ms["batch_stats"]["bn"]["var"], saved["batch_stats"]["bn"]["var"])
   bad = {"batch_stats": {"bn": {"mean": np.zeros(5), "var": np.zeros(5)}}}
-  with pytest.raises(checkpoint.CheckpointMismatchError, match="batch_stats"):
+  with pytest.raises(tree.MismatchError, match="batch_stats"):
     checkpoint.load_init_from_collections(bad, str(tmp_path / "m"))
 
 

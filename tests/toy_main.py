@@ -4,12 +4,11 @@
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common import config as config_lib, data, parallel, trainer
+from common import cli, data, optim, parallel, trainer
 
 
 class TinyNet(nn.Module):
@@ -49,17 +48,16 @@ def make_task(config) -> trainer.Task:
     return {"val/loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
             "val/accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
 
-  mesh = parallel.make_mesh()
-
   def eval_fn(state, step):
     del step
     batches = data.eval_batches(val_source, global_batch=config.batch_size,
                                 local_batch=parallel.local_batch_size(config.batch_size))
-    return trainer.evaluate(per_example, state, batches, mesh)
+    return trainer.evaluate(per_example, state, batches)
 
   init = lambda rng: model.init(rng, jnp.zeros((1, config.image_size, config.image_size, 3)))
+  derive = lambda c: {"optim.freeze": optim.with_frozen(c.optim.freeze, ("head/.*",))} if c.freeze_head else {}
   return trainer.Task(init_variables=init, loss_fn=loss_fn, train_source=train_source,
-                      train_transforms=[data.RandomFlip()], eval_fn=eval_fn)
+                      train_transforms=[data.RandomFlip()], eval_fn=eval_fn, derive_config=derive)
 
 
 def train_and_evaluate(config, workdir):
@@ -67,4 +65,4 @@ def train_and_evaluate(config, workdir):
 
 
 if __name__ == "__main__":
-  config_lib.run_main(train_and_evaluate)
+  cli.run_main(train_and_evaluate)

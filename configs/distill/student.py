@@ -24,11 +24,11 @@ Smoke: python -m distill.train_student --config configs/distill/student.py:smoke
   --config.data.root=/tmp/dd   (DIR = /tmp/dd_teacher/teacher_finetuned from the teacher smoke run; 30 s here).
 """
 
-from distill import train
+from configs.distill import common
 
 
 def get_config(arg=None):
-  c, a = train.workflow_config(arg)
+  c, a = common.workflow_config(arg)
   if not a.smoke:
     c.batch_size, c.total_steps, c.total_epochs = 16, 0, 50.0
   c.optim.name, c.optim.lr, c.optim.weight_decay = "adam", 1e-3, 0.0

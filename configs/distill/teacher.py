@@ -23,11 +23,11 @@ Smoke: python -m distill.synthetic --out /tmp/dd --size 64 && python -m distill.
   (measured: val AUC 0.88 at step 10, 1.0 at step 50, early stop at 100; 1:50 wall on a busy 2-core CPU).
 """
 
-from distill import train
+from configs.distill import common
 
 
 def get_config(arg=None):
-  c, a = train.workflow_config(arg)
+  c, a = common.workflow_config(arg)
   if not a.smoke:
     c.batch_size, c.total_steps, c.total_epochs = 32, 0, 50.0
   c.optim.name, c.optim.lr, c.optim.weight_decay = "adam", 1e-4, 1e-4  # torch Adam: L2 on the gradient

@@ -17,11 +17,11 @@ python -m facerec.train_dsr --config configs/facerec/dsr.py:smoke --workdir /tmp
 with W an edgeface_export of a recogniser trained on the same faces).
 """
 
-from facerec import train
+from configs.facerec import common
 
 
 def get_config(arg=None):
-  c, a = train.workflow_config(arg)
+  c, a = common.workflow_config(arg)
   c.optim.name, c.optim.lr, c.optim.weight_decay = "adamw", 1e-3, 1e-4
   c.optim.schedule, c.optim.warmup_steps, c.optim.clip_grad_norm = "cosine", 100, 1.0
   if a.smoke:

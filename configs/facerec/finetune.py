@@ -22,11 +22,11 @@ at 112 px, 30 steps: python -m facerec.finetune_contrastive --config configs/fac
 at lr 2e-3 + cosine + clipping in tests/test_facerec_workflow.py, 0.35 -> 0.67 over 100 steps in facerec.demo).
 """
 
-from facerec import train
+from configs.facerec import common
 
 
 def get_config(arg=None):
-  c, a = train.workflow_config(arg)
+  c, a = common.workflow_config(arg)
   c.optim.name, c.optim.lr, c.optim.weight_decay = "adam", 1e-5, 0.0
   c.optim.schedule, c.optim.clip_grad_norm = "constant", 0.0
   if a.smoke:

@@ -1,12 +1,12 @@
 """The seed's test_gallery.py: gallery enrolment check and probe similarity to the own gallery.
 
-    python -m facerec.test_gallery --config configs/facerec/finetune.py --workdir runs/gallery \
+    python -m facerec.check_gallery --config configs/facerec/finetune.py --workdir runs/gallery \
       --config.data.val_root=DATA/val --config.edgeface.weights=runs/ft/edgeface_export \
       --config.dsr.weights=runs/dsr/dsr_export
 """
 
-from common import config as config_lib
+from common import cli
 from facerec import evaluate
 
 if __name__ == "__main__":
-  config_lib.run_main(evaluate.test_gallery)
+  cli.run_main(evaluate.check_gallery)
