@@ -1,12 +1,15 @@
 """The `ear_vae_train` workload: one ear VAE teacher train step (forward, every loss term, backward, AdamW).
 
-The recipe is configs/ear_teacher/default.py at 224 px: DINOv2-S/14 backbone (random weights, all of it
-trainable), attention-pooling head to a 1024-d latent, conv decoder (512, 256, 128, 64, 32), and the balanced
-loss: centre-weighted focal L1 + VGG16 perceptual (relu1_2..relu4_3) + 0.4 (1 - SSIM) + 0.1 edge + 5e-6 KL +
-0.1 contrastive, under AdamW (lr 3e-4, weight decay 1e-4, constant schedule) with gradient clipping at 1.0.
+The recipe is configs/ear_teacher/default.py at 224 px: DINOv2-S/14 backbone (random weights; all of it trainable,
+backbone_trainable_blocks -1, where the config's default 0 freezes it), attention-pooling head to a 1024-d latent,
+conv decoder (512, 256, 128, 64, 32), and the balanced loss: centre-weighted focal L1 + VGG16 perceptual
+(relu1_2..relu4_3) + 0.4 (1 - SSIM) + 0.1 edge + 5e-6 KL + 0.1 contrastive, under AdamW (lr 3e-4, weight decay
+1e-4, a constant schedule instead of the warm-up + cosine) with gradient clipping at 1.0.
 
-JAX runs the project's own code: ear_teacher.model, ear_teacher.train.batch_terms, ear_teacher.losses and
-common.trainer.make_train_step, jitted with the state donated and the VGG passed as the step's `constants`.
+JAX times the trainer's own step (benchmarks/train_steps.py): `common.trainer.build` on the task of
+`ear_teacher.train.make_task`, which reads the images (uint8) and the random VGG16 from files, as a real run does;
+the step also augments the batch (reflect-pad crop, flip, brightness / contrast) on the device. Torch trains on the
+images as they are.
 
 The PyTorch twin is the same network and the same math written independently in plain torch: HF
 `transformers.Dinov2Model` (sdpa attention), nn.MultiheadAttention pooling, a torch decoder, a hand-built
@@ -19,22 +22,25 @@ Test-only overrides: `depth` (backbone blocks), `image_size` and `decoder_channe
 multiple of 14 and of 2 ** len(decoder_channels), e.g. 56 with (64, 32, 16)).
 """
 
-import jax
-import jax.numpy as jnp
+import os
+import tempfile
+
 import numpy as np
 
-from common import convert, optim, trainer
+from benchmarks import train_steps
+from common import convert, models
 from common.data import IMAGENET_MEAN, IMAGENET_STD
 from common.models import dinov2
 from common.models import vgg as vgg_lib
 from configs.ear_teacher import default
-from ear_teacher import losses, model as model_lib, train as train_lib
+from ear_teacher import train as train_lib
 
 _VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # torchvision cfg "D": (width, convs) per block
 
 
 def _config(depth, image_size, decoder_channels):
-  """The default ear teacher config with the test-only shrinkers applied and a constant learning rate."""
+  """The default ear teacher config with the test-only shrinkers applied, the backbone trainable and a constant
+  learning rate."""
   c = default.get_config()
   if depth:
     c.model.backbone.depth = depth
@@ -48,11 +54,12 @@ def _config(depth, image_size, decoder_channels):
                      f"(decoder_channels {tuple(c.model.decoder_channels)})")
   # A benchmark times steady-state steps: no warm-up ramp or decay to change the arithmetic between calls.
   c.optim.schedule, c.optim.warmup_epochs = "constant", 0.0
+  c.backbone_trainable_blocks = -1  # the whole network trains (the torch twin's AdamW covers every parameter)
   return c
 
 
 def _images(batch: int, size: int) -> np.ndarray:
-  return np.random.default_rng(0).random((batch, size, size, 3), dtype=np.float32)  # [0, 1], as the loss expects
+  return np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
 
 def _vgg_layers(taps):
@@ -93,39 +100,19 @@ def _vgg_state_dict(taps) -> dict[str, np.ndarray]:
 def make_jax(batch: int, device, variant=None, depth=None, image_size=None, decoder_channels=None):
   del variant
   c = _config(depth, image_size, decoder_channels)
-  size = c.image_size
-  model = model_lib.from_config(c.model)
-  vgg = vgg_lib.VGG16(taps=tuple(c.perceptual.taps), dtype=c.perceptual.dtype)
-  vgg_shapes = jax.eval_shape(vgg.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-  vgg_vars = convert.convert_state_dict(_vgg_state_dict(c.perceptual.taps), vgg_lib.CONVERTER,
-                                        convert.flatten(vgg_shapes))
-  weights = train_lib.weights_of(c.loss, have_vgg=True)
-  tx, schedule = optim.make_optimizer(c.optim, total_steps=1, steps_per_epoch=1)
-
-  def loss_fn(params, batch, ctx):  # as in ear_teacher.train.make_task
-    x = batch["image"]
-    out = model.apply({"params": params}, x, train=True, rngs={"reparam": ctx.rng})
-    total, parts = losses.total_loss(train_lib.batch_terms(out, x, c.loss, vgg, ctx.constants), weights)
-    return total, (parts, ctx.model_state)
-
-  init_variables = lambda rng: model.init({"params": rng, "reparam": rng}, jnp.zeros((1, size, size, 3)), train=True)
-  # An rbg key: XLA compiles its random initialisers ~3x faster than threefry's, and init values don't affect timing.
-  init_rng = jax.random.key(0, impl="rbg")
-  # Nothing frozen: the backbone trains too (backbone_trainable_blocks = -1).
-  mask = optim.trainable_mask(jax.eval_shape(init_variables, init_rng)["params"], ())
-
-  def init_state(rng):  # as in common.trainer.train
-    variables = dict(init_variables(rng))
-    params = variables.pop("params")
-    trainable, _ = optim.split_params(params, mask)
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(trainable), model_state=variables,
-                control=trainer.initial_control())
-
-  with jax.default_device(device):
-    state = jax.jit(init_state)(init_rng)
-  step = jax.jit(trainer.make_train_step(loss_fn, tx, mask, schedule), donate_argnums=0)
-  args = (state, {"image": _images(batch, size)}, jax.random.key(1), vgg_vars)
-  return step, jax.device_put(args, device)
+  c.batch_size = batch
+  taps = tuple(c.perceptual.taps)
+  vgg = convert.convert_state_dict(_vgg_state_dict(taps), vgg_lib.CONVERTER,
+                                   convert.flatten(models.abstract_variables(models.get("vgg16"), {"taps": taps})),
+                                   source="random vgg16")
+  with tempfile.TemporaryDirectory(prefix="bench-ear-") as tmp:
+    # make_task reads its images and VGG from files: the batch as both splits, the VGG as a converted vgg16
+    # directory. The step augments the images itself (crop, flip, brightness / contrast), as in training.
+    c.train_npy = c.val_npy = os.path.join(tmp, "images.npy")
+    np.save(c.train_npy, _images(batch, c.image_size))
+    c.perceptual.vgg_path = train_steps.save_model(tmp, "vgg16", {"taps": taps}, vgg)
+    task, _, _, _ = train_lib.make_task(c, tmp)
+    return train_steps.train_step(c, task, device)
 
 
 # --- PyTorch ------------------------------------------------------------------------------------------------------
@@ -315,5 +302,5 @@ def make_torch(batch: int, device, variant=None, depth=None, image_size=None, de
     opt.step()
     return model, loss.detach()
 
-  pixels = torch.from_numpy(_images(batch, size)).permute(0, 3, 1, 2).contiguous().to(device)
+  pixels = torch.from_numpy(_images(batch, size) / np.float32(255)).permute(0, 3, 1, 2).contiguous().to(device)
   return train_step, (model, pixels)

@@ -207,7 +207,13 @@ def bench(wl, variant, batch, opts, device, overrides) -> dict:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv and argv[0].startswith("pipeline"):  # input pipelines vs device demand: benchmarks/pipelines.py
+    from benchmarks import pipelines  # pylint: disable=import-outside-toplevel
+    name = argv[0].removeprefix("pipeline_").removeprefix("pipelines")
+    return pipelines.main(([name] if name else []) + argv[1:])
+  p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0],
+                              epilog="input pipelines: pipelines (all) or pipeline_<trainer>, see benchmarks/pipelines.py")
   p.add_argument("name", choices=workloads.names())
   p.add_argument("--variant", help="one of the workload's variants, a comma list, or 'all'")
   p.add_argument("--device", choices=("cpu", "gpu"), help="default: gpu when JAX sees one, else cpu")

@@ -251,7 +251,7 @@ def supcon_loss(features, labels, temperature: float, base_temperature: float):
 
 def contrastive_finetune(edgeface, dsr, vlr, hr, labels, device, lr: float, temperature: float):
   """facerec.train.finetune's contrastive step: frozen DSR (no_grad) on the VLR batch; EdgeFace (input in [0, 1],
-  mapped to [-1, 1] as EdgeFace(normalize_input=True)) embeds the DSR output and the HR batch in one pass of 2B;
+  mapped to [-1, 1] as EdgeFace(normalize_input=True)) embeds the DSR output and the HR batch in two passes of B;
   SupCon over the 2B embeddings with labels [labels; labels] (= losses.cross_resolution_infonce); Adam on
   EdgeFace's parameters."""
   opt = torch.optim.Adam(edgeface.parameters(), lr=lr)
@@ -261,7 +261,7 @@ def contrastive_finetune(edgeface, dsr, vlr, hr, labels, device, lr: float, temp
     opt.zero_grad(set_to_none=True)
     with torch.no_grad():
       sr = dsr(vlr)
-    e_sr, e_hr = edgeface(torch.cat([sr, hr]) * 2 - 1).chunk(2)
+    e_sr, e_hr = edgeface(sr * 2 - 1), edgeface(hr * 2 - 1)
     loss = supcon_loss(torch.cat([e_sr, e_hr]), torch.cat([labels, labels]), temperature, temperature)
     loss.backward()
     opt.step()

@@ -9,6 +9,8 @@ Both models return the (B, 1, h, w) patch-logit map with `pool=False`; the image
 official pooled path (`pool=True`: an H x H average pool of the features, then `fc`) on square inputs.
 """
 
+import re
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -129,9 +131,9 @@ def build(name: str, state_dict, device, **kwargs) -> nn.Module:
 
 
 def to_device(images, labels, device):
-  """NHWC numpy images -> NCHW tensor; labels (B,) float32."""
+  """NHWC numpy images -> NCHW tensor; labels (B,) -> float32, as BCE-with-logits takes them."""
   pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
-  return pixels, (None if labels is None else torch.from_numpy(labels).to(device))
+  return pixels, (None if labels is None else torch.from_numpy(labels).float().to(device))
 
 
 def image_logit_and_map(model, pixels):
@@ -149,9 +151,23 @@ def forward(model, images, device):
   return fn, (model.eval(), pixels)
 
 
-def finetune(model, images, labels, device, lr: float, weight_decay: float):
-  """BCE-with-logits on the image logit, Adam with L2 weight decay (added to the gradient), BN in train mode."""
-  opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+def frozen(model: nn.Module, freeze) -> list[nn.Module]:
+  """The modules of `model` whose parameters all match a regex of `freeze` (common.optim's patterns on Flax
+  paths: torch `layer1.0.conv1.weight` is matched as `layer1_0/conv1/weight`)."""
+  patterns = [re.compile(p) for p in freeze]
+  flax_path = lambda name: re.sub(r"\.(\d+)(?=\.|$)", r"_\1", name).replace(".", "/")
+  return [m for name, m in model.named_modules() if list(m.parameters(recurse=False)) and all(
+      any(p.fullmatch(flax_path(f"{name}.{k}")) for p in patterns) for k, _ in m.named_parameters(recurse=False))]
+
+
+def finetune(model, images, labels, device, lr: float, weight_decay: float, freeze=()):
+  """As distill.train.teacher_task: BCE-with-logits on the image logit, Adam with L2 weight decay (added to the
+  gradient) on the parameters not matched by `freeze`; frozen modules get no gradient and their BatchNorms run on
+  running statistics (eval mode), the others' in train mode."""
+  model.train()
+  for m in frozen(model, freeze):
+    m.requires_grad_(False).eval()
+  opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
   def train_step(model, pixels, labels):
     opt.zero_grad(set_to_none=True)
@@ -161,12 +177,12 @@ def finetune(model, images, labels, device, lr: float, weight_decay: float):
     opt.step()
     return model, loss.detach()
 
-  return train_step, (model.train(), *to_device(images, labels, device))
+  return train_step, (model, *to_device(images, labels, device))
 
 
-def distill(student, teacher, images, labels, device, lr: float, alpha: float):
-  """Student BN in train mode; frozen teacher in eval mode; alpha MSE(pooled student map, teacher map) +
-  (1 - alpha) BCE(student logit, label); Adam."""
+def distill(student, teacher, images, labels, device, lr: float, alpha_distill: float, alpha_task: float):
+  """Student BN in train mode; frozen teacher in eval mode; alpha_distill MSE(pooled student map, teacher map) +
+  alpha_task BCE(student logit, label); Adam."""
   opt = torch.optim.Adam(student.parameters(), lr=lr)
   teacher = teacher.eval().requires_grad_(False)
 
@@ -176,7 +192,7 @@ def distill(student, teacher, images, labels, device, lr: float, alpha: float):
       t_map = teacher(pixels, pool=False)[:, 0]
     logit, s_map = image_logit_and_map(student, pixels)
     pooled = F.adaptive_avg_pool2d(s_map[:, None], t_map.shape[-2:])[:, 0]
-    loss = alpha * F.mse_loss(pooled, t_map) + (1 - alpha) * F.binary_cross_entropy_with_logits(logit, labels)
+    loss = alpha_distill * F.mse_loss(pooled, t_map) + alpha_task * F.binary_cross_entropy_with_logits(logit, labels)
     loss.backward()
     opt.step()
     return student, loss.detach()

@@ -8,15 +8,18 @@ workload has none); `overrides` are test-only shrinkers such as `depth=1`.
 JAX `fn` may be a plain function or a `jax.jit` wrapper; pass the wrapper when it needs `donate_argnums` or static
 arguments, since the runner lowers and compiles exactly that object (`fn.lower(*args).compile()`).
 
-Adding a workload, e.g. a train step `state, metrics = step(state, batch)`:
+A train-step workload times the trainer's own step, never one written for the benchmark
+(benchmarks/train_steps.py): make the subsystem's config and Task over a source of the benchmark's examples, then
 
-  def _ear_vae_jax(batch, device, variant=None):
-    state, step, data = ...                                   # TrainState, the step function, one batch of arrays
-    # Donating the state lets XLA update the parameters in place, as in training.
-    return jax.jit(step, donate_argnums=0), jax.device_put((state, data), device)
+  def _ladeda_train_jax(batch, device, variant=None):
+    config = teacher_config.get_config()                        # at `batch`, shrunk by the workload's overrides
+    task = distill_train.teacher_task(config, source, source)    # source: `batch` examples, as the data gives them
+    return train_steps.train_step(config, task, device)
 
-  register(Workload("ear_vae_train", "ear VAE train step (fwd + bwd + optimizer), 128 px", _ear_vae_jax,
-                    stateful=True, default_batch=32))
+  register(Workload("ladeda_train", "LaDeDa9 fine-tuning step ...", _ladeda_train_jax, stateful=True))
+
+(`fn` is then `trainer.build(config, task).train_step`, jitted with the state donated, and `args` = (state, the
+global batch the trainer's host pipeline makes of the source, rng, constants).)
 
 `stateful=True` says that `fn` returns `(new_state, aux)`: the runner feeds `new_state` back as `args[0]` of the
 next call (the donated old state is gone), for JAX and torch alike; a torch train step updating its model in place
@@ -25,22 +28,29 @@ just returns the model. `images_per_step` defaults to the batch size.
 
 import dataclasses
 import functools
+import math
+import os
 import re
+import tempfile
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
+from PIL import Image
 
-from benchmarks import ear_vae
-from common import convert
-from common import models
+from benchmarks import ear_vae, train_steps
+from common import convert, models
+from common import data as common_data
+from common.data import IMAGENET_MEAN, IMAGENET_STD
 from common.models import dinov2
+from configs.distill import student as student_config
+from configs.distill import teacher as teacher_config
+from configs.facerec import finetune as finetune_config
 from distill import models as ladeda_models
+from distill import train as distill_train
 from facerec import dsr as dsr_lib
-from facerec import losses as facerec_losses
 from facerec import models as facerec_models
+from facerec import train as facerec_train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,11 +157,14 @@ register(Workload(
 
 register(Workload(
     name="ear_vae_train",
-    description=("ear VAE teacher train step at 224 px, fp32: DINOv2-S/14 (random init, fully trainable) + attention "
-                 "head -> 1024-d latent -> conv decoder; L1 (centre + focal weights), VGG16 perceptual "
-                 "(relu1_2..relu4_3, random weights), SSIM, edge, KL, contrastive; AdamW lr 3e-4, clip 1.0. JAX: "
-                 "ear_teacher + common.trainer.make_train_step, jitted, state donated; torch: the same network and "
-                 "losses in plain torch (transformers Dinov2Model, sdpa), torch.optim.AdamW, clip_grad_norm_."),
+    description=("ear VAE teacher train step at 224 px, fp32, configs/ear_teacher/default.py with "
+                 "backbone_trainable_blocks -1 and a constant lr: DINOv2-S/14 (random init, fully trainable) + "
+                 "attention head -> 1024-d latent -> conv decoder; L1 (centre + focal weights), VGG16 perceptual "
+                 "(relu1_2..relu4_3, random weights), SSIM, edge, KL, contrastive; AdamW lr 3e-4, clip 1.0. JAX: the "
+                 "trainer's step (common.trainer.build on ear_teacher.train.make_task), jitted, state donated, VGG a "
+                 "step constant, on uint8 images that it augments itself (pad-crop, flip, brightness / contrast); "
+                 "torch: the same network and losses in plain torch (transformers Dinov2Model, sdpa), "
+                 "torch.optim.AdamW, clip_grad_norm_, on the images as they are."),
     make_jax=ear_vae.make_jax,
     make_torch=ear_vae.make_torch,
     stateful=True,
@@ -162,14 +175,14 @@ register(Workload(
 # --- LaDeDa9 / Tiny-LaDeDa: ladeda_forward, ladeda_train, tiny_ladeda_forward, tiny_ladeda_distill_train ---------
 # JAX: distill.models (Flax); torch: benchmarks/torch_ladeda.py. Both load one set of random weights, drawn in numpy
 # in the official torch layout and converted with distill.models.CONVERTER, so both compute the same function on the
-# same inputs (tests/test_benchmarks.py checks it). The train steps are written out here, not taken from a trainer.
-# Test-only overrides, LaDeDa9 only: `width` (stem width, 64) and `depth` (at most this many blocks per stage, of
-# [3, 4, 6, 3]); all models: `image_size` (even).
+# same inputs (tests/test_benchmarks.py checks it). The train steps are distill.train's (teacher_task, student_task)
+# through common.trainer.build, on configs/distill/teacher.py and student.py; the JAX side loads the weights from
+# model directories (teacher.weights, init_from) as a run does, and the torch twins take lr, weight decay, frozen
+# stages and loss weights from the same configs. Test-only overrides, LaDeDa9 only: `width` (stem width, 64) and
+# `depth` (at most this many blocks per stage, of [3, 4, 6, 3]); all models: `image_size` (even; train steps: the
+# crop and the resize it is taken from).
 
 _TEST_SIZE = 256  # official test-time input: the full 256x256 resize (LaDeDa9 map 31x31, Tiny 126x126)
-_CROP = 224  # training crops (LaDeDa9 map 27x27, Tiny 110x110)
-_FINETUNE = dict(lr=1e-4, weight_decay=1e-4)  # the official LaDeDa trainer's defaults (torch Adam: L2 decay)
-_DISTILL = dict(lr=1e-3, alpha=0.05)  # loss = alpha MSE(pooled student map, teacher map) + (1 - alpha) BCE
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
 
@@ -222,31 +235,33 @@ def _ladeda_variables(name: str, width: int | None, depth: int | None):
                                     convert.flatten(models.abstract_variables(entry, kw)))
 
 
+def _saved_ladeda(directory: str, name: str, width: int | None, depth: int | None) -> str:
+  return train_steps.save_model(directory, name, _ladeda_kwargs(name, width, depth),
+                                _ladeda_variables(name, width, depth))
+
+
+def _uint8_images(rng: np.random.Generator, batch: int, size: int) -> np.ndarray:
+  """Random (batch, size, size, 3) uint8 images, mirror-symmetric (even `size`): the random flip a train step does
+  on the device leaves them unchanged, so a torch twin fed the same images trains on the same pixels."""
+  half = rng.integers(0, 256, (batch, size, size // 2, 3), dtype=np.uint8)
+  return np.concatenate([half, half[:, :, ::-1]], axis=2)
+
+
+def _normalized(images: np.ndarray) -> np.ndarray:
+  """uint8 images -> float32 ImageNet-normalised, the models' input (distill.data's Normalize)."""
+  return ((images / np.float32(255) - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).astype(np.float32)
+
+
 def _ladeda_data(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """ImageNet-normalised-like NHWC images (the models' expected input) and 0/1 labels, float32."""
+  """uint8 images (`_uint8_images`) and int32 0/1 labels, as distill.data's sources give them (images in [0, 1])."""
   rng = np.random.default_rng(1)
-  return (rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-          rng.integers(0, 2, batch).astype(np.float32))
-
-
-def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-  """torch F.adaptive_avg_pool2d on (B, H, W) maps: output cell i averages input rows [floor(i H / h),
-  ceil((i + 1) H / h)), likewise columns; computed as (h, H) @ x @ (W, w) with exact averaging matrices."""
-  def averaging(n_in: int, n_out: int) -> np.ndarray:
-    m = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-      lo, hi = i * n_in // n_out, -(-(i + 1) * n_in // n_out)
-      m[i, lo:hi] = 1.0 / (hi - lo)
-    return m
-
-  rows, cols = averaging(x.shape[1], out_hw[0]), averaging(x.shape[2], out_hw[1])
-  return jnp.einsum("ih,bhw,jw->bij", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+  return _uint8_images(rng, batch, size), rng.integers(0, 2, batch).astype(np.int32)
 
 
 def _ladeda_forward_jax(name, batch, device, variant=None, width=None, depth=None, image_size=None):
   del variant
   module = models.get(name).build(**_ladeda_kwargs(name, width, depth))
-  images, _ = _ladeda_data(batch, image_size or _TEST_SIZE)
+  images = _normalized(_ladeda_data(batch, image_size or _TEST_SIZE)[0])
 
   def forward(variables, images):
     logit, aux = module.apply(variables, images)  # eval mode: BN on running statistics
@@ -259,88 +274,80 @@ def _ladeda_forward_torch(name, batch, device, variant=None, width=None, depth=N
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
-  images, _ = _ladeda_data(batch, image_size or _TEST_SIZE)
+  images = _normalized(_ladeda_data(batch, image_size or _TEST_SIZE)[0])
   model = torch_ladeda.build(name, _ladeda_state_dict(name, width, depth), device, **_ladeda_kwargs(name, width, depth))
   return torch_ladeda.forward(model, images, device)
 
 
-def _bce(logit, label):
-  return optax.sigmoid_binary_cross_entropy(logit, label).mean()
+def _distill_config(get_config, batch: int, image_size: int | None):
+  """configs/distill/{teacher,student}.py (full size) at `batch`; `image_size` shrinks the crop and the resize
+  (then equal: the step's random crop keeps the whole image)."""
+  c = get_config()
+  c.batch_size = batch
+  if image_size:
+    c.data.resize = c.data.crop = image_size
+  return c
 
 
-def _train_state(variables, tx) -> dict:
-  return dict(params=variables["params"], batch_stats=variables["batch_stats"],
-              opt_state=tx.init(variables["params"]))
+def _distill_step(make_task, config, device):
+  """The trainer's step of distill.train's `make_task` (teacher_task | student_task) on one batch of
+  config.data.resize images; the step crops, flips and normalises them."""
+  images, labels = _ladeda_data(config.batch_size, config.data.resize)
+  source = common_data.ArraySource("bench", image=images / np.float32(255), label=labels,
+                                   index=np.arange(len(labels), dtype=np.int32))
+  return train_steps.train_step(config, make_task(config, source, source), device)
+
+
+def _torch_crops(config) -> tuple[np.ndarray, np.ndarray]:
+  """The torch twins' batch: the JAX step's images, centre-cropped to config.data.crop and normalised, and labels."""
+  images, labels = _ladeda_data(config.batch_size, config.data.resize)
+  top = (config.data.resize - config.data.crop) // 2
+  return _normalized(images[:, top:top + config.data.crop, top:top + config.data.crop]), labels
 
 
 def _ladeda_train_jax(batch, device, variant=None, width=None, depth=None, image_size=None):
   del variant
-  module = ladeda_models.LaDeDa(**_ladeda_kwargs("ladeda9", width, depth))
-  # torch Adam's weight_decay is L2 added to the gradient before the moments, i.e. this chain (not adamw).
-  tx = optax.chain(optax.add_decayed_weights(_FINETUNE["weight_decay"]), optax.adam(_FINETUNE["lr"]))
-
-  def train_step(state, images, labels):
-    def loss_fn(params):
-      (logit, _), new = module.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=True,
-                                     mutable=["batch_stats"])
-      return _bce(logit, labels), new["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    return dict(params=optax.apply_updates(state["params"], updates), batch_stats=batch_stats,
-                opt_state=opt_state), loss
-
-  images, labels = _ladeda_data(batch, image_size or _CROP)
-  state = _train_state(_ladeda_variables("ladeda9", width, depth), tx)
-  return jax.jit(train_step, donate_argnums=0), jax.device_put((state, images, labels), device)
+  c = _distill_config(teacher_config.get_config, batch, image_size)
+  with tempfile.TemporaryDirectory(prefix="bench-ladeda-") as tmp:
+    # A teacher directory: teacher_task fine-tunes its architecture and starts from its weights (init_from).
+    c.teacher.weights = _saved_ladeda(tmp, "ladeda9", width, depth)
+    return _distill_step(distill_train.teacher_task, c, device)
 
 
 def _ladeda_train_torch(batch, device, variant=None, width=None, depth=None, image_size=None):
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
-  images, labels = _ladeda_data(batch, image_size or _CROP)
+  c = _distill_config(teacher_config.get_config, batch, image_size)
+  images, labels = _torch_crops(c)
   model = torch_ladeda.build("ladeda9", _ladeda_state_dict("ladeda9", width, depth), device,
                              **_ladeda_kwargs("ladeda9", width, depth))
-  return torch_ladeda.finetune(model, images, labels, device, **_FINETUNE)
+  # The trainable set of teacher_task: the config's freeze patterns plus those its unfreeze_blocks derive.
+  freeze = distill_train.teacher_freeze_patterns(c.teacher.unfreeze_blocks) + tuple(c.optim.freeze)
+  return torch_ladeda.finetune(model, images, labels, device, lr=c.optim.lr, weight_decay=c.optim.weight_decay,
+                               freeze=freeze)
 
 
 def _distill_train_jax(batch, device, variant=None, width=None, depth=None, image_size=None):
   del variant
-  student, teacher = ladeda_models.TinyLaDeDa(), ladeda_models.LaDeDa(**_ladeda_kwargs("ladeda9", width, depth))
-  tx = optax.adam(_DISTILL["lr"])
-  alpha = _DISTILL["alpha"]
-
-  def train_step(state, images, labels, teacher_variables):
-    _, t_aux = teacher.apply(teacher_variables, images)  # eval mode, not differentiated: a step argument
-    t_map = t_aux["patch_logits"]
-
-    def loss_fn(params):
-      (logit, aux), new = student.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                        train=True, mutable=["batch_stats"])
-      mse = jnp.mean((adaptive_avg_pool(aux["patch_logits"], t_map.shape[1:]) - t_map) ** 2)
-      return alpha * mse + (1 - alpha) * _bce(logit, labels), new["batch_stats"]
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    return dict(params=optax.apply_updates(state["params"], updates), batch_stats=batch_stats,
-                opt_state=opt_state), loss
-
-  images, labels = _ladeda_data(batch, image_size or _CROP)
-  state = _train_state(_ladeda_variables("tiny_ladeda", None, None), tx)
-  args = (state, images, labels, _ladeda_variables("ladeda9", width, depth))
-  return jax.jit(train_step, donate_argnums=0), jax.device_put(args, device)
+  c = _distill_config(student_config.get_config, batch, image_size)
+  with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
+    c.teacher.weights = _saved_ladeda(tmp, "ladeda9", width, depth)  # the frozen teacher, a step constant
+    c.init_from.path = _saved_ladeda(tmp, "tiny_ladeda", None, None)  # the student's start, as stage 2 loads stage 1
+    return _distill_step(distill_train.student_task, c, device)
 
 
 def _distill_train_torch(batch, device, variant=None, width=None, depth=None, image_size=None):
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
-  images, labels = _ladeda_data(batch, image_size or _CROP)
+  c = _distill_config(student_config.get_config, batch, image_size)
+  images, labels = _torch_crops(c)
   student = torch_ladeda.build("tiny_ladeda", _ladeda_state_dict("tiny_ladeda", None, None), device)
   teacher = torch_ladeda.build("ladeda9", _ladeda_state_dict("ladeda9", width, depth), device,
                                **_ladeda_kwargs("ladeda9", width, depth))
-  return torch_ladeda.distill(student, teacher, images, labels, device, **_DISTILL)
+  return torch_ladeda.distill(student, teacher, images, labels, device, lr=c.optim.lr,
+                              alpha_distill=c.student.alpha_distill, alpha_task=c.student.alpha_task)
 
 
 _SAME_WEIGHTS = ("the same random weights (numpy, official torch layout, converted with distill.models.CONVERTER) "
@@ -358,11 +365,15 @@ register(Workload(
 
 register(Workload(
     name="ladeda_train",
-    description=("LaDeDa9 fine-tuning train step on 224 px crops, fp32: BCE-with-logits on the mean-pooled image "
-                 "logit, every parameter trainable, BatchNorm in train mode (batch statistics, running stats "
-                 "updated), Adam lr 1e-4 with L2 weight decay 1e-4 (torch Adam weight_decay; JAX "
-                 "chain(add_decayed_weights, adam)). JAX: jitted, state donated; torch: torch.optim.Adam; "
-                 f"{_SAME_WEIGHTS}."),
+    description=("LaDeDa9 fine-tuning train step of distill.train.teacher_task (configs/distill/teacher.py) on "
+                 "224 px crops, fp32: BCE-with-logits on the mean-pooled image logit; teacher.unfreeze_blocks 1: "
+                 "layer4 and fc train (layer4's BatchNorm in train mode: batch statistics, running stats updated), "
+                 "the stem and layer1-3 are frozen (no gradient, BatchNorm on running statistics); Adam lr 1e-4 "
+                 "with L2 weight decay 1e-4 on the trainable parameters (torch Adam weight_decay; JAX "
+                 "chain(add_decayed_weights, adam)). JAX: the trainer's step (common.trainer.build), jitted, state "
+                 "donated, weights loaded through init_from, on uint8 256 px images that it crops (random 224), "
+                 "flips and normalises itself; torch: the centre crops, normalised, frozen modules requires_grad off "
+                 f"and in eval mode, torch.optim.Adam over the trainable ones; {_SAME_WEIGHTS}."),
     make_jax=_ladeda_train_jax,
     make_torch=_ladeda_train_torch,
     stateful=True,
@@ -381,12 +392,14 @@ register(Workload(
 
 register(Workload(
     name="tiny_ladeda_distill_train",
-    description=("Tiny-LaDeDa distillation train step on 224 px crops, fp32: frozen LaDeDa9 teacher forward in "
-                 "eval mode inside the step (27x27 map), student in train mode (BatchNorm batch statistics, running "
-                 "stats updated); loss 0.05 MSE(student 110x110 map adaptive-average-pooled to 27x27, teacher map) "
-                 "+ 0.95 BCE-with-logits(student image logit, label); Adam lr 1e-3. JAX: jitted, state donated, "
-                 "teacher variables a step argument; torch: teacher under no_grad, F.adaptive_avg_pool2d, "
-                 f"torch.optim.Adam; {_SAME_WEIGHTS}."),
+    description=("Tiny-LaDeDa distillation train step of distill.train.student_task (configs/distill/student.py) "
+                 "on 224 px crops, fp32: frozen LaDeDa9 teacher forward in eval mode inside the step (27x27 map), "
+                 "student in train mode (BatchNorm batch statistics, running stats updated); loss 0.05 MSE(student "
+                 "110x110 map adaptive-average-pooled to 27x27, teacher map) + 0.95 BCE-with-logits(student image "
+                 "logit, label); Adam lr 1e-3. JAX: the trainer's step (common.trainer.build), jitted, state donated, "
+                 "teacher variables the step's constants, on uint8 256 px images that it crops (random 224), flips "
+                 "and normalises itself; torch: the centre crops, normalised, teacher under no_grad, "
+                 f"F.adaptive_avg_pool2d, torch.optim.Adam; {_SAME_WEIGHTS}."),
     make_jax=_distill_train_jax,
     make_torch=_distill_train_torch,
     stateful=True,
@@ -400,13 +413,14 @@ register(Workload(
 # (`_torch_layout`); torch loads them strictly (load_state_dict) and the JAX EdgeFace takes them back through
 # facerec.models.CONVERTER, as it would a released checkpoint (the DSR has no torch checkpoints, hence no converter:
 # JAX uses the drawn variables as they are). Both frameworks compute the same function on the same inputs
-# (tests/test_benchmarks.py checks it). Test-only override: `depth` (the runner's --depth): at most this many blocks
-# per EdgeFace stage (the last, SDTA, block of stages 2-4 is kept) and this many DSR residual blocks.
+# (tests/test_benchmarks.py checks it). The train step is facerec.train.finetune_task's through common.trainer.build,
+# on configs/facerec/finetune.py: the JAX side loads the EdgeFace (init_from) and the DSR from model directories, as a
+# run does, and the torch twin takes lr and temperature from the same config. Test-only override: `depth` (the
+# runner's --depth): at most this many blocks per EdgeFace stage (the last, SDTA, block of stages 2-4 is kept) and
+# this many DSR residual blocks.
 
 _EDGEFACE = {"xs": "edgeface_xs_gamma_06", "s": "edgeface_s_gamma_05"}  # variant -> facerec.models.VARIANTS name
 _FACE, _VLR = 112, 16  # EdgeFace input side; very-low-resolution side (facerec configs: data.degradation.vlr_size)
-_CONTRASTIVE = dict(lr=1e-5, temperature=0.07)  # configs/facerec/finetune.py: plain Adam, no decay or clipping
-_SUBJECT_IMAGES = 4  # P x K batches: finetune.images_per_subject consecutive images per subject
 
 
 def _edgeface_kwargs(variant: str, depth: int | None = None) -> dict:
@@ -490,14 +504,15 @@ def _torch_dsr(depth: int | None, device):
   return torch_facerec.build(torch_facerec.DSR(**_dsr_kwargs(depth)), sd, device)
 
 
-def _face_data(batch: int) -> dict[str, np.ndarray]:
-  """NHWC float32: `face` in [-1, 1] (EdgeFace's own input convention), `hr` in [0, 1] (the trainer's) and its
-  `vlr` 16x16 area-downsampled version; `labels` int32 P x K subject ids (4 consecutive images per subject)."""
-  rng = np.random.default_rng(1)
-  hr = rng.uniform(0.0, 1.0, (batch, _FACE, _FACE, 3)).astype(np.float32)
+def _face_data(batch: int, images_per_subject: int = 1) -> dict[str, np.ndarray]:
+  """NHWC faces: `u8` uint8 (`_uint8_images`), float32 `face` in [-1, 1] (EdgeFace's own input convention), `hr` in
+  [0, 1] (the trainer's) and its `vlr` 16x16 area-downsampled version; `labels` int32 P x K subject ids
+  (`images_per_subject` consecutive images per subject)."""
+  u8 = _uint8_images(np.random.default_rng(1), batch, _FACE)
+  hr = u8 / np.float32(255)
   f = _FACE // _VLR
-  return {"face": hr * 2 - 1, "hr": hr, "vlr": hr.reshape(batch, _VLR, f, _VLR, f, 3).mean(axis=(2, 4)),
-          "labels": (np.arange(batch) // _SUBJECT_IMAGES).astype(np.int32)}
+  return {"u8": u8, "face": hr * 2 - 1, "hr": hr, "vlr": hr.reshape(batch, _VLR, f, _VLR, f, 3).mean(axis=(2, 4)),
+          "labels": (np.arange(batch) // images_per_subject).astype(np.int32)}
 
 
 def _edgeface_embed_jax(batch, device, variant, depth=None):
@@ -525,39 +540,57 @@ def _dsr_forward_torch(batch, device, variant=None, depth=None):
   return torch_facerec.inference(_torch_dsr(depth, device), _face_data(batch)["vlr"], device)
 
 
+def _contrastive_config(batch: int):
+  """configs/facerec/finetune.py (contrastive, DSR frozen) at `batch`, with the VLR degradation fixed."""
+  c = finetune_config.get_config()
+  c.batch_size = batch
+  # P x K batches need K | batch: a test batch of 2 is one subject's 2 images.
+  c.finetune.images_per_subject = math.gcd(batch, c.finetune.images_per_subject)
+  # One draw for every face (blur sigma mid-range, no noise; the config draws sigma in [0.5, 1.5] and a noise std
+  # in [0, 0.02] per face): the step still blurs and down-samples each face on the device (it only skips drawing
+  # the noise), and the torch twin can be given the very VLR faces the JAX step makes.
+  c.data.degradation.blur_sigma, c.data.degradation.noise_std = (1.0, 1.0), (0.0, 0.0)
+  return c
+
+
+def _write_faces(root: str, faces: np.ndarray, per_subject: int) -> None:
+  """uint8 faces as a facerec.data.SubjectFolder: root/<subject>/<j>.png, `per_subject` consecutive faces each."""
+  for i, face in enumerate(faces):
+    folder = os.path.join(root, f"{i // per_subject:04d}")
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(face).save(os.path.join(folder, f"{i % per_subject:03d}.png"), compress_level=1)
+
+
 def _contrastive_train_jax(batch, device, variant=None, depth=None):
   del variant
-  # As facerec.train.finetune (loss=contrastive, DSR frozen): EdgeFace takes [0, 1] images (normalize_input).
-  # One EdgeFace pass over [DSR(VLR); HR] (the trainer makes two of B, the same function): half the graph to compile.
-  edgeface = models.get(_EDGEFACE["xs"]).build(**_edgeface_kwargs("xs", depth), normalize_input=True)
-  net = dsr_lib.DSR(**_dsr_kwargs(depth))
-  tx, temperature = optax.adam(_CONTRASTIVE["lr"]), _CONTRASTIVE["temperature"]
-
-  def train_step(state, vlr, hr, labels, dsr_variables):
-    sr = net.apply(dsr_variables, vlr)  # frozen: a step argument, not differentiated
-
-    def loss_fn(params):
-      e_sr, e_hr = jnp.split(edgeface.apply({"params": params}, jnp.concatenate([sr, hr]), train=True), 2)
-      return facerec_losses.cross_resolution_infonce(e_sr, e_hr, labels, temperature=temperature)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    return dict(params=optax.apply_updates(state["params"], updates), opt_state=opt_state), loss
-
-  params = _edgeface_jax_variables("xs", depth)["params"]
-  data = _face_data(batch)
-  args = (dict(params=params, opt_state=tx.init(params)), data["vlr"], data["hr"], data["labels"],
-          convert.unflatten(_facerec_weights("dsr", None, depth)))
-  return jax.jit(train_step, donate_argnums=0), jax.device_put(args, device)
+  c = _contrastive_config(batch)
+  k = c.finetune.images_per_subject
+  faces = _face_data(batch, k)["u8"]
+  with tempfile.TemporaryDirectory(prefix="bench-facerec-") as tmp:
+    # The faces as the train folder, and as a val folder with a gallery of 3 and a probe per subject (the task
+    # splits it); the weights as model directories, as converted / exported ones come.
+    c.data.train_root, c.data.val_root = os.path.join(tmp, "train"), os.path.join(tmp, "val")
+    _write_faces(c.data.train_root, faces, k)
+    repeats = -(-4 // k)
+    _write_faces(c.data.val_root, np.repeat(faces, repeats, axis=0), k * repeats)
+    c.edgeface.weights = train_steps.save_model(tmp, _EDGEFACE["xs"], _edgeface_kwargs("xs", depth),
+                                                _edgeface_jax_variables("xs", depth))
+    c.dsr.weights = train_steps.save_model(tmp, "dsr", _dsr_kwargs(depth),
+                                           convert.unflatten(_facerec_weights("dsr", None, depth)))
+    return train_steps.train_step(c, facerec_train.finetune_task(c, *facerec_train.train_sources(c)), device)
 
 
 def _contrastive_train_torch(batch, device, variant=None, depth=None):
   del variant
   from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
 
-  data = _face_data(batch)
-  return torch_facerec.contrastive_finetune(_torch_edgeface("xs", depth, device), _torch_dsr(depth, device),
-                                            data["vlr"], data["hr"], data["labels"], device, **_CONTRASTIVE)
+  c = _contrastive_config(batch)
+  data = _face_data(batch, c.finetune.images_per_subject)
+  degrade = facerec_train.degradation(c)  # fixed: the VLR faces of the JAX step
+  vlr = np.stack([degrade(hr, np.random.default_rng(0)) for hr in data["hr"]])
+  return torch_facerec.contrastive_finetune(_torch_edgeface("xs", depth, device), _torch_dsr(depth, device), vlr,
+                                            data["hr"], data["labels"], device, lr=c.optim.lr,
+                                            temperature=c.finetune.temperature)
 
 
 _FACEREC_WEIGHTS = ("the same random weights in both (numpy, converted with facerec.models.CONVERTER for the JAX "
@@ -578,15 +611,17 @@ register(Workload(
 
 register(Workload(
     name="facerec_contrastive_train",
-    description=("EdgeFace fine-tuning step of facerec.finetune_contrastive, fp32: frozen DSR (16 -> 112, 64 "
-                 "features, 8 blocks) on the VLR batch, EdgeFace-XS (edgeface_xs_gamma_06, input [0, 1] mapped "
-                 "to [-1, 1]) embeds the DSR output and the HR batch in one pass of 2B (the trainer: two of B); "
-                 "supervised-contrastive InfoNCE (SupCon, temperature 0.07) over the 2B embeddings, labels P x K "
-                 "(4 images per subject); Adam lr 1e-5 on the EdgeFace parameters only. images_per_s counts batch "
-                 "samples (each an HR face and its 16x16 version: 2 EdgeFace images, trained through, and 1 DSR "
-                 "image). JAX: facerec.losses.cross_resolution_infonce, "
-                 "jitted, state donated, DSR variables a step argument; torch: DSR under no_grad, SupConLoss "
-                 f"in plain torch, torch.optim.Adam; {_FACEREC_WEIGHTS}."),
+    description=("EdgeFace fine-tuning step of facerec.train.finetune_task (configs/facerec/finetune.py, "
+                 "loss=contrastive), fp32: frozen DSR (16 -> 112, 64 features, 8 blocks) on the VLR batch, "
+                 "EdgeFace-XS (edgeface_xs_gamma_06, input [0, 1] mapped to [-1, 1]) embeds the DSR output and the "
+                 "HR batch in two passes of B; supervised-contrastive InfoNCE (SupCon, temperature 0.07) over the 2B "
+                 "embeddings, labels P x K (4 images per subject); Adam lr 1e-5 on the EdgeFace parameters only. "
+                 "images_per_s counts batch samples (each an HR face and its 16x16 version: 2 EdgeFace images, "
+                 "trained through, and 1 DSR image). JAX: the trainer's step (common.trainer.build), jitted, state "
+                 "donated, on the uint8 HR faces of a face folder: it flips them and makes their VLR versions itself "
+                 "(blur sigma fixed at 1.0 and no noise here, so that torch can be given the same VLR faces); "
+                 "EdgeFace loaded through init_from, DSR variables the step's constants; torch: DSR under no_grad, "
+                 f"SupConLoss in plain torch, torch.optim.Adam; {_FACEREC_WEIGHTS}."),
     make_jax=_contrastive_train_jax,
     make_torch=_contrastive_train_torch,
     stateful=True,

@@ -38,6 +38,7 @@ def describe(fig: mpl_figure.Figure) -> dict:
 def save_png(fig: mpl_figure.Figure, path: str) -> None:
   """Writes `fig` to `path` via a same-folder temp file and os.replace, so `path` is never half written."""
   path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # a command's workdir may not exist yet
   tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
                      f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
   try:

@@ -50,6 +50,10 @@ class Task:
   # replicated once, passed to each step as an argument (not baked into the program as constants),
   # and never optimised or checkpointed.
   constants: Any = None
+  # (batch, rng) -> batch inside the jitted step, batched on the devices: per-example randomness (crops, flips,
+  # colour jitter, VLR degradation) and uint8 -> float normalisation, so the host only decodes and batches.
+  # The rng is the step's own (folded with the step number), so resumes are exact.
+  device_transform: Callable[[dict, jax.Array], dict] | None = None
   # config -> {"dotted.key": value}: values the task derives (freeze patterns, init_from). Applied before
   # config.json is written, so the recorded config is the one that ran; must give the same values when
   # applied to its own output (a recorded config run again).
@@ -69,13 +73,23 @@ class Preempted(Exception):
   """Raised out of `train` after a SIGTERM was handled by saving a checkpoint."""
 
 
-def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule, total_steps: int = 0) -> Callable:
-  """Builds `train_step(state, batch, rng) -> (state, metrics)`; jit and donate it at the call site."""
+_AUGMENT_STREAM = 0x61756700  # folded into the step key for device_transform: its own random stream
 
-  def train_step(state, batch, rng, constants=None):
+
+def make_train_step(loss_fn, tx, mask: dict[str, bool], schedule, total_steps: int = 0,
+                    device_transform=None) -> Callable:
+  """Builds `train_step(state, batch, rng, constants, table) -> (state, metrics)`; jit and donate it at the
+  call site. With `table` (a split kept on the devices) the batch holds only `row` indices into it."""
+
+  def train_step(state, batch, rng, constants=None, table=None):
     step = state["step"]
-    ctx = StepContext(rng=jax.random.fold_in(rng, step), step=step, model_state=state["model_state"],
-                      constants=constants, total_steps=total_steps)  # a fresh, reproducible key per step
+    step_rng = jax.random.fold_in(rng, step)  # a fresh, reproducible key per step
+    if table is not None:
+      batch = {**{k: v[batch["row"]] for k, v in table.items()}, **{k: v for k, v in batch.items() if k != "row"}}
+    if device_transform is not None:
+      batch = device_transform(batch, jax.random.fold_in(step_rng, _AUGMENT_STREAM))
+    ctx = StepContext(rng=step_rng, step=step, model_state=state["model_state"], constants=constants,
+                      total_steps=total_steps)
     trainable, frozen = optim.split_params(state["params"], mask)
 
     def objective(t):
@@ -239,7 +253,7 @@ class Built:
   abstract_state: Any  # ShapeDtypeStructs of the train state
   state_sharding: Any
   init_state: Callable[[], dict]  # () -> a fresh sharded train state (jitted)
-  train_step: Callable  # jitted, donated: (state, global batch, rng, constants) -> (state, metrics)
+  train_step: Callable  # jitted, donated: (state, global batch, rng, constants[, table]) -> (state, metrics)
   train_rng: jax.Array  # replicated; the step folds in the step number
   constants: Any  # Task.constants on the devices (None when the task has none)
   mask: dict[str, bool]  # trainable (True) / frozen per '/'-joined parameter path
@@ -252,7 +266,8 @@ def build(config, task: Task, mesh=None) -> Built:
   `train` runs the loop on top of it; benchmarks call it to time exactly the step that trains.
   Expects the task's derived config values to be applied already (`apply_derived_config`).
   """
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  mesh = parallel.make_mesh(config.get("mesh")) if mesh is None else mesh
+  min_size = config.get("fsdp_min_size", parallel.FSDP_MIN_SIZE)
   epoch_examples = len(task.train_order) if task.train_order is not None else len(task.train_source)
   steps_per_epoch = max(1, epoch_examples // config.batch_size)
   durations = {"steps_per_epoch": steps_per_epoch}
@@ -274,11 +289,13 @@ def build(config, task: Task, mesh=None) -> Built:
                 control=initial_control())
 
   abstract_state = jax.eval_shape(init_state, init_rng)
-  state_sharding = parallel.param_sharding(mesh, abstract_state)
+  state_sharding = parallel.param_sharding(mesh, abstract_state, min_size)
   jitted_init = jax.jit(init_state, out_shardings=state_sharding)
-  train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule, total_steps), donate_argnums=(0,),
+  train_step = jax.jit(make_train_step(task.loss_fn, tx, mask, schedule, total_steps, task.device_transform),
+                       donate_argnums=(0,),
                        out_shardings=(state_sharding, parallel.replicated(mesh)))
-  constants = None if task.constants is None else parallel.replicate(task.constants, mesh)
+  constants = None if task.constants is None else parallel.from_host(
+      task.constants, parallel.param_sharding(mesh, task.constants, min_size))
   return Built(mesh=mesh, abstract_state=abstract_state, state_sharding=state_sharding,
                init_state=lambda: jitted_init(init_rng), train_step=train_step,
                train_rng=parallel.from_host(train_rng, parallel.replicated(mesh)), constants=constants, mask=mask,
@@ -305,8 +322,18 @@ def train(config, workdir: str, task: Task) -> dict:
   local_batch = parallel.local_batch_size(config.batch_size)
   n_frozen = sum(not m for m in run.mask.values())
   metrics_lib.log_info("%d parameter tensors, %d frozen by optim.freeze", len(run.mask), n_frozen)
-  train_iter = data.train_iterator(task.train_source, local_batch=local_batch, transforms=task.train_transforms,
-                                   seed=config.seed, worker_count=config.worker_count, order=task.train_order)
+  table = None
+  if config.get("data_on_device", False):
+    # The whole (host-transformed, uint8) split on every device; the host only shuffles row numbers, in the
+    # same order (and with the same checkpointable state) as it would shuffle the examples.
+    table = parallel.replicate(data.materialise(task.train_source, task.train_transforms), mesh)
+    host_iter = data.train_iterator(data.RowSource(task.train_source), local_batch=local_batch, seed=config.seed,
+                                    order=task.train_order)
+  else:
+    host_iter = data.train_iterator(task.train_source, local_batch=local_batch, transforms=task.train_transforms,
+                                    seed=config.seed, worker_count=config.worker_count, order=task.train_order)
+  # Batches go to the devices `prefetch` steps ahead, overlapping the copies with the running step.
+  train_iter = data.DevicePrefetch(host_iter, lambda b: parallel.to_global(b, mesh), depth=config.get("prefetch", 2))
   metrics_lib.write_config(config, workdir)  # inputs checked: the first file this run writes
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep_latest=config.keep_ckpts,
                                  keep_best=config.keep_best, best_metric=config.best_metric,
@@ -337,7 +364,7 @@ def train(config, workdir: str, task: Task) -> dict:
   block_each_step = jax.default_backend() == "cpu"
 
   step = int(parallel.to_host(state["step"]))
-  first_step, last_log_step, t_log = step, step, time.perf_counter()
+  first_step, last_log_step, t_log, wait_log = step, step, time.perf_counter(), train_iter.wait_seconds
   all_finite, acc = jnp.bool_(True), None
   try:
     while step < total_steps:
@@ -348,7 +375,7 @@ def train(config, workdir: str, task: Task) -> dict:
         raise Preempted(f"preempted at step {step}; checkpoint saved in {ckpt.directory}")
       if config.profile.num_steps and step == config.profile.start_step:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      state, m = train_step(state, parallel.to_global(next(train_iter), mesh), train_rng, constants)
+      state, m = train_step(state, next(train_iter), train_rng, constants, table)
       step += 1
       if block_each_step:
         jax.block_until_ready(m)
@@ -364,11 +391,14 @@ def train(config, workdir: str, task: Task) -> dict:
         dt = time.perf_counter() - t_log
         steps_s = n / dt
         eta = (total_steps - step) / steps_s
-        writer.write(step, {**means, "perf/steps_per_sec": steps_s, "perf/images_per_sec": steps_s * config.batch_size})
-        metrics_lib.log_info("step %d/%d | loss %.5g | %.2f steps/s | %.1f img/s | ETA %s", step, total_steps,
-                             means["train/loss"], steps_s, steps_s * config.batch_size,
-                             time.strftime("%H:%M:%S", time.gmtime(eta)))
-        acc, last_log_step, t_log = None, step, time.perf_counter()
+        # Time blocked on the host pipeline: near 0 when the input keeps up, near 1 when the run is input-bound.
+        wait_fraction = (train_iter.wait_seconds - wait_log) / max(dt, 1e-9)
+        writer.write(step, {**means, "perf/steps_per_sec": steps_s, "perf/images_per_sec": steps_s * config.batch_size,
+                            "perf/input_wait_fraction": wait_fraction})
+        metrics_lib.log_info("step %d/%d | loss %.5g | %.2f steps/s | %.1f img/s | input wait %.0f%% | ETA %s", step,
+                             total_steps, means["train/loss"], steps_s, steps_s * config.batch_size,
+                             100 * wait_fraction, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        acc, last_log_step, t_log, wait_log = None, step, time.perf_counter(), train_iter.wait_seconds
 
       eval_metrics = None
       if task.eval_fn is not None and _every(step, eval_every, total_steps):
@@ -380,7 +410,7 @@ def train(config, workdir: str, task: Task) -> dict:
         for tag, image in images.items():
           writer.write_image(step, tag, image)
         metrics_lib.log_info("eval step %d: %s", step, ", ".join(f"{k}={v:.5g}" for k, v in eval_metrics.items()))
-        t_log = time.perf_counter()  # keep eval time out of the throughput figure
+        t_log, wait_log = time.perf_counter(), train_iter.wait_seconds  # keep eval time out of the throughput
 
       stop = False
       if eval_metrics:

@@ -12,13 +12,14 @@ Every file's header is checked when a source is built, so a bad folder fails bef
 inside a grain worker; a few unreadable files are dropped with a warning, more than `max_bad_fraction` is an error.
 
 Transforms follow the official pipeline: torchvision `Resize((256, 256))` -> RandomCrop 224 + flip (train) /
-CenterCrop 224 (val) / no crop (test) -> ImageNet `Normalize`. torchvision resizes PIL images on uint8 with PIL's
+CenterCrop 224 (val) / no crop (test) -> ImageNet `Normalize`. In training the host only resizes (to uint8) and the
+crop, flip and normalisation run batched in the step (`device_train_transform`). torchvision resizes PIL images on uint8 with PIL's
 antialiased bilinear filter; `PilResize` does exactly that, because NPR (x - nearest_up(nearest_down(x))) reads the
 pixel-level correlations that the resampling filter writes, so the filter is part of what the teacher learnt.
 
     sources = split_sources("/data/WildRF", "test")          # {"facebook": ..., "reddit": ..., "twitter": ...}
     it = common.data.train_iterator(split_source("/data/WildRF", "train"), local_batch=32,
-                                    transforms=train_transforms())
+                                    transforms=train_transforms())     # uint8 256 x 256; device_train_transform
 """
 
 import concurrent.futures
@@ -28,10 +29,11 @@ from typing import Sequence
 
 from absl import logging
 import grain
+import jax
 import numpy as np
 from PIL import Image
 
-from common import data as common_data
+from common import augment, data as common_data
 from common import progress
 
 CLASS_DIRS = ((0, ("real", "0_real")), (1, ("fake", "1_fake")))  # (label, accepted folder names)
@@ -234,36 +236,49 @@ class PilResize(grain.transforms.Map):
   just as torchvision's `ToTensor` input would be.
   """
 
-  def __init__(self, size: int | tuple[int, int], resample: str = "bilinear", key: str = "image"):
+  def __init__(self, size: int | tuple[int, int], resample: str = "bilinear", key: str = "image", uint8: bool = False):
     self.hw = (size, size) if isinstance(size, int) else tuple(size)
     self.filter = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[resample]
-    self.key = key
+    self.key, self.uint8 = key, uint8  # uint8: return the resized bytes (training ships them to the device)
 
   def map(self, element):
     img = element[self.key]
-    if img.shape[:2] == self.hw:
+    u8 = img if img.dtype == np.uint8 else np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    if img.shape[:2] != self.hw:
+      u8 = np.asarray(Image.fromarray(u8).resize(self.hw[::-1], self.filter))
+    elif not self.uint8:
       return element
-    u8 = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-    out = Image.fromarray(u8).resize(self.hw[::-1], self.filter)
-    return {**element, self.key: np.asarray(out, np.float32) / 255.0}
+    return {**element, self.key: u8 if self.uint8 else np.asarray(u8, np.float32) / 255.0}
 
 
-def _resize(size: int, resample: str):
+def _resize(size: int, resample: str, uint8: bool = False):
   # "float_bicubic" keeps common.data's float path (no uint8 rounding); the others match torchvision on PIL.
-  return common_data.Resize(size) if resample == "float_bicubic" else PilResize(size, resample)
+  if resample == "float_bicubic":
+    return [common_data.Resize(size)] + ([common_data.ToUint8()] if uint8 else [])
+  return [PilResize(size, resample, uint8=uint8)]
 
 
-def train_transforms(resize: int = 256, crop: int = 224, flip: bool = True, resample: str = "bilinear") -> list:
-  """Resize(resize, resize) -> RandomCrop(crop) -> [RandomFlip] -> ImageNet Normalize (the official train mode)."""
-  ts = [_resize(resize, resample), common_data.RandomCrop(crop)]
-  if flip:
-    ts.append(common_data.RandomFlip())
-  return ts + [common_data.Normalize()]
+def train_transforms(resize: int = 256, resample: str = "bilinear") -> list:
+  """The host half of the official train mode: Resize(resize, resize) to uint8 (see `device_train_transform`)."""
+  return _resize(resize, resample, uint8=True)
+
+
+def device_train_transform(crop: int = 224, flip: bool = True):
+  """The device half, batched in the step: RandomCrop(crop) -> [RandomFlip] -> ImageNet Normalize."""
+
+  def transform(batch, rng):
+    crop_rng, flip_rng = jax.random.split(rng)
+    x = augment.random_crop(augment.to_float(batch["image"]), crop_rng, crop)
+    if flip:
+      x = augment.random_flip(x, flip_rng)
+    return {**batch, "image": augment.normalize(x)}
+
+  return transform
 
 
 def eval_transforms(resize: int = 256, crop: int | None = 224, resample: str = "bilinear") -> list:
   """Resize -> CenterCrop(crop) -> Normalize (official val); crop=None keeps the full resized image (official test)."""
-  ts = [_resize(resize, resample)]
+  ts = _resize(resize, resample)
   if crop is not None:
     ts.append(common_data.CenterCrop(crop))
   return ts + [common_data.Normalize()]

@@ -45,7 +45,7 @@ def _say(msg: str) -> None:
 def _val_source(config):
   if not config.data.root:
     raise ValueError("set --config.data.root to the dataset folder (it needs a val/ split)")
-  return data.split_source(config.data.root, config.data.val_split, **train.source_kwargs(config))
+  return train.split_source(config, config.data.val_split)
 
 
 def _teacher_report(config, workdir: str, prefix: str) -> dict:
@@ -140,7 +140,7 @@ def evaluate_student(config, workdir: str) -> dict:
   if config.teacher.weights != "random" and (config.teacher.weights not in train.TEACHER_NAMES
                                               or config.teacher.paths[config.teacher.weights]):
     teacher, t_vars = train.load_teacher(config, hw)
-  subsets = data.split_sources(config.data.root, config.data.test_split, **train.source_kwargs(config))
+  subsets = train.split_source(config, config.data.test_split, subsets=True)
   tf = data.eval_transforms(config.data.resize, None, resample=config.data.resample)  # the full image, as the original
   mesh = parallel.make_mesh()
   s_dev = parallel.replicate(s_vars, mesh)

@@ -27,6 +27,14 @@ The image logit is the mean of the patch-logit map. The official pooled path ave
 `fc`, identical because `fc` is affine, but it uses an H x H pooling window and breaks on non-square inputs; the
 mean of the map works for any size. Both outputs are float32 whatever the compute `dtype`.
 
+`dtype` (e.g. "bfloat16") is the compute dtype of the convs and the residual stream; params and BatchNorm statistics
+stay float32. Kept in float32: the input normalisation and NPR / gradient preprocessing (differences of nearly equal
+neighbouring pixels: bf16 rounds a normalised pixel of ~2 by up to ~0.008, half of one 8-bit level (0.017), which is
+the whole residual in smooth regions), BatchNorm statistics and normalisation (Flax upcasts, rounding only the
+output), and the head (fc per location and the mean over the map, a negligible share of the FLOPs). The trunk's
+bf16 rounding is ~2^-8 per layer; how far that moves the logits is the network's own sensitivity, which is large
+for random narrow weights (tests/test_bf16.py states the measured errors).
+
 Input: the official pipeline feeds ImageNet-normalised RGB (torchvision `Normalize`), which is what the models expect
 by default (like `common.models.dinov2`); `normalize_input=True` takes RGB in [0, 1] and normalises here instead.
 Official test-time input is the full 256x256 resize (no crop); training used 224 crops.
@@ -112,26 +120,32 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
 
 
 def _bn(train: bool, dtype, name: str, torch_momentum: float = 0.1) -> nn.BatchNorm:
+  # Flax computes batch statistics and the normalisation in float32 (force_float32_reductions) and keeps the
+  # running statistics in float32; `dtype` only rounds the output.
   return nn.BatchNorm(use_running_average=not train, momentum=1.0 - torch_momentum, epsilon=1e-5, dtype=dtype,
                       param_dtype=_f32, name=name)
 
 
-def _fc(dtype) -> nn.Dense:
-  return nn.Dense(1, kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros, dtype=dtype,
-                  param_dtype=_f32, name="fc")
-
-
 def _input(x, normalize_input: bool, kind: str, dtype):
-  """Optional ImageNet normalisation and the fixed preprocessing, both in float32, then the compute dtype."""
+  """Optional ImageNet normalisation and the fixed preprocessing, both in float32, then the compute dtype.
+
+  NPR and the gradient filters subtract neighbouring pixels; done in bf16, the inputs' rounding (up to 2^-8 of
+  each pixel, half an 8-bit level) would swamp the one-level residuals of smooth regions. In float32 only the
+  residual itself is rounded, to 2^-8 of its own size."""
   x = jnp.asarray(x, _f32)
   if normalize_input:
     x = (x - jnp.array(IMAGENET_MEAN, _f32)) / jnp.array(IMAGENET_STD, _f32)
   return preprocess(x, kind).astype(dtype)
 
 
-def _head(x, dtype):
-  """fc per location -> (image logit (B,), patch logits (B, h, w)), both float32."""
-  patch = _fc(dtype)(x)[..., 0].astype(_f32)
+def _head(x):
+  """fc per location -> (image logit (B,), patch logits (B, h, w)), computed and returned in float32.
+
+  The logits feed BCE and the teacher-student distillation losses, and a bf16 fc would round each to 8 bits;
+  one C -> 1 dot per location is a negligible share of the FLOPs, so the head needs no low-precision path."""
+  fc = nn.Dense(1, kernel_init=nn.initializers.normal(0.02), bias_init=nn.initializers.zeros, dtype=_f32,
+                param_dtype=_f32, name="fc")
+  patch = fc(x.astype(_f32))[..., 0]
   return patch.mean(axis=(1, 2)), patch
 
 
@@ -192,7 +206,7 @@ class LaDeDa(nn.Module):
                        downsample=i == 0 and (stride != 1 or inplanes != 4 * planes), dtype=self.dtype,
                        name=f"layer{stage + 1}_{i}")(x, stage_train)
         inplanes = 4 * planes
-    logit, patch = _head(x, self.dtype)
+    logit, patch = _head(x)
     return logit, {"patch_logits": patch}
 
 
@@ -211,7 +225,7 @@ class TinyLaDeDa(nn.Module):
     x = _conv(self.width, 3, 1, self.dtype, "conv2")(x)
     x = nn.relu(_bn(train, self.dtype, "bn1", torch_momentum=self.stem_bn_momentum)(x))
     x = TinyBlock(self.width, dtype=self.dtype, name="layer1_0")(x, train)
-    logit, patch = _head(x, self.dtype)
+    logit, patch = _head(x)
     return logit, {"patch_logits": patch}
 
 

@@ -78,17 +78,24 @@ def load_student(config, image_hw):
                              (1, *image_hw, 3), config.seed, names=("tiny_ladeda",))
 
 
-def source_kwargs(config) -> dict:
-  return dict(max_bad_fraction=config.data.max_bad_fraction, imbalance_ratio=config.data.imbalance_ratio)
+def split_source(config, split: str, subsets: bool = False):
+  """One source over root/split (or {subset: source}), from image folders or prepared ArrayRecord data."""
+  d = config.data
+  if d.format == "arrayrecord":
+    from distill import prepare_data  # pylint: disable=import-outside-toplevel
+    read = prepare_data.split_sources_records if subsets else prepare_data.split_source_records
+    return read(d.root, split, imbalance_ratio=d.imbalance_ratio)
+  if d.format != "folder":
+    raise ValueError(f"data.format={d.format!r}; use folder or arrayrecord")
+  read = data.split_sources if subsets else data.split_source
+  return read(d.root, split, max_bad_fraction=d.max_bad_fraction, imbalance_ratio=d.imbalance_ratio)
 
 
 def train_val_sources(config):
   if not config.data.root:
     raise ValueError("set --config.data.root to a folder with train/ and val/ splits of {real,fake} or "
                      "{0_real,1_fake} images (make a synthetic one with python -m distill.synthetic --out DIR)")
-  d = config.data
-  return data.split_source(d.root, d.train_split, **source_kwargs(config)), data.split_source(
-      d.root, d.val_split, **source_kwargs(config))
+  return split_source(config, config.data.train_split), split_source(config, config.data.val_split)
 
 
 def val_transforms(config):
@@ -179,8 +186,8 @@ def teacher_task(config, train_src, val_src) -> trainer.Task:
 
   return trainer.Task(
       init_variables=lambda rng: module.init(rng, jnp.zeros((1, *hw, 3))), loss_fn=loss_fn, train_source=train_src,
-      train_transforms=data.train_transforms(config.data.resize, config.data.crop, config.data.flip,
-                                             resample=config.data.resample),
+      train_transforms=data.train_transforms(config.data.resize, resample=config.data.resample),
+      device_transform=data.device_train_transform(config.data.crop, config.data.flip),
       eval_fn=_val_eval_fn(module, val_src, config), derive_config=derive_config)
 
 
@@ -234,8 +241,8 @@ def student_task(config, train_src, val_src) -> trainer.Task:
 
   return trainer.Task(
       init_variables=lambda rng: student.init(rng, jnp.zeros((1, *hw, 3))), loss_fn=loss_fn, train_source=train_src,
-      train_transforms=data.train_transforms(config.data.resize, config.data.crop, config.data.flip,
-                                             resample=config.data.resample),
+      train_transforms=data.train_transforms(config.data.resize, resample=config.data.resample),
+      device_transform=data.device_train_transform(config.data.crop, config.data.flip),
       eval_fn=_val_eval_fn(student, val_src, config), constants=teacher_vars)
 
 

@@ -37,8 +37,9 @@ def _load(path, mmap_mode):
 class NpyImageSource:
     """Images from an `.npy` file of shape (N,H,W,3), (N,H,W,1) or (N,H,W).
 
-    Item i is `dict(image=float32 (H,W,3) in [0,1], index=i)`, plus `id` (the
-    identity label) when `ids_path` is given.  uint8 data is divided by 255;
+    Item i is `dict(image=float32 (H,W,3) in [0,1], index=i)` (uint8 (H,W,3)
+    with `uint8=True`), plus `id` (the identity label) when `ids_path` is
+    given.  uint8 data is divided by 255;
     float data must already lie in [0,1]; greyscale is repeated to 3 channels
     at read time, so the file on disk stays small.
 
@@ -48,8 +49,8 @@ class NpyImageSource:
     a bad data set fails before training starts, not inside a worker.
     """
 
-    def __init__(self, path, ids_path=None):
-        self.path = os.fspath(path)
+    def __init__(self, path, ids_path=None, uint8=False):
+        self.path, self.uint8 = os.fspath(path), uint8
         arr = _load(self.path, "r")
         if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3)):
             _fail(self.path, f"has shape {arr.shape}",
@@ -95,7 +96,10 @@ class NpyImageSource:
         if self._array is None:  # first access in this process (e.g. a grain worker)
             self._array = np.load(self.path, mmap_mode="r")
         img = np.asarray(self._array[i])
-        if img.dtype == np.uint8:
+        if self.uint8:  # training ships bytes; the step converts them on the device
+            if img.dtype != np.uint8:
+                img = np.rint(np.clip(img.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif img.dtype == np.uint8:
             img = img.astype(np.float32) / 255.0
         else:
             # Clipping absorbs the small tolerance allowed by validation.
@@ -115,4 +119,17 @@ class NpyImageSource:
         return state
 
     def __repr__(self):
-        return f"NpyImageSource(path={self.path!r}, shape={self.shape}, dtype={self.dtype})"
+        return f"NpyImageSource(path={self.path!r}, shape={self.shape}, dtype={self.dtype}, uint8={self.uint8})"
+
+
+FORMATS = ("npy", "arrayrecord")
+
+
+def open_images(path, data_format: str = "npy", uint8: bool = False):
+    """`path` as an image source: an .npy file, or a record directory made by `python -m ear_teacher.prepare_data`."""
+    if data_format == "npy":
+        return NpyImageSource(path, uint8=uint8)
+    if data_format == "arrayrecord":
+        from ear_teacher import prepare_data  # pylint: disable=import-outside-toplevel
+        return prepare_data.open_records(os.fspath(path), uint8=uint8)
+    raise ValueError(f"data.format={data_format!r}; use one of {', '.join(FORMATS)}")

@@ -20,7 +20,7 @@ import numpy as np
 
 from common import checkpoint, config as config_lib, data, parallel, plots, trainer
 from ear_teacher import losses, model as model_lib
-from ear_teacher.data import NpyImageSource
+from ear_teacher.data import open_images
 
 
 def load_config(workdir: str):
@@ -57,9 +57,10 @@ def evaluate(workdir: str, step: int | None = None, val_npy: str = "", val_ids_n
   model = model_lib.from_config(config.model)
   size = config.image_size
   val_path = val_npy or config.val_npy
-  source = NpyImageSource(val_path)
+  fmt = config.get("data", {}).get("format", "npy")
+  source = open_images(val_path, fmt)
   ids_path = val_ids_npy or config.get("val_ids_npy", "") or os.path.join(os.path.dirname(val_path), "val_ids.npy")
-  ids = np.load(ids_path) if os.path.isfile(ids_path) else None
+  ids = np.load(ids_path) if os.path.isfile(ids_path) else getattr(source, "ids", None)  # records carry their ids
   if ids is not None and len(ids) != len(source):
     raise ValueError(f"{ids_path}: {len(ids)} ids for {len(source)} images in {val_path}")
 

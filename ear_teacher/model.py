@@ -116,8 +116,14 @@ class EarVAE(nn.Module):
 
 def encoder_kwargs(cfg) -> dict:
   """JSON-able constructor arguments of the encoder (also stored with an exported encoder)."""
-  overrides = {k: v for k, v in (("depth", cfg.backbone.depth), ("num_register_tokens", cfg.backbone.registers))
-               if v}
+  bb = cfg.backbone
+  overrides = {k: v for k, v in (("depth", bb.depth), ("num_register_tokens", bb.registers)) if v}
+  # Only what differs from DinoV2's defaults, so unrolled runs keep the kwargs (and exports) they had. The split
+  # follows the trained blocks: a stacked leaf cannot be partly frozen (dinov2.scan_splits).
+  if bb.get("scan_layers", False):
+    overrides.update(scan_layers=True, scan_trainable_blocks=bb.trainable_blocks)
+  if bb.get("remat", "none") != "none":
+    overrides["remat"] = bb.remat
   return dict(backbone_variant=cfg.backbone.variant, backbone_overrides=overrides, latent_dim=cfg.latent_dim,
               hidden_dim=cfg.encoder_hidden, num_heads=cfg.encoder_heads, image_size=cfg.image_size,
               dtype=cfg.dtype)

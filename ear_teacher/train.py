@@ -15,24 +15,34 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from common import checkpoint, data, models, optim, parallel, trainer
+from common import augment, checkpoint, data, models, optim, parallel, trainer
 from common.models import vgg as vgg_lib
 from ear_teacher import losses, model as model_lib
-from ear_teacher.data import NpyImageSource
+from ear_teacher.data import open_images
 
 TERMS = ("l1", "perceptual", "ssim", "edge", "kl", "contrastive")
 
 
-def backbone_freeze_patterns(trainable_blocks: int, depth: int) -> tuple[str, ...]:
-  """optim.freeze regexes for the DINOv2 backbone: 0 frozen, -1 all trainable, N = last N blocks + norm."""
+def backbone_freeze_patterns(trainable_blocks: int, depth: int, scan_split: int | None = None) -> tuple[str, ...]:
+  """optim.freeze regexes for the DINOv2 backbone: 0 frozen, -1 all trainable, N = last N blocks + norm.
+
+  `scan_split` is None for the unrolled layout (`blocks_i`), else the scanned backbone's `scan_trainable_blocks`:
+  its `blocks_frozen` stack must hold exactly the frozen blocks, since a stacked leaf trains whole.
+  """
   prefix = "encoder/backbone/"
   if trainable_blocks < 0 or trainable_blocks > depth:
     return ()
   if trainable_blocks == 0:
     return (prefix + ".*",)
   patterns = [prefix + "(cls_token|pos_embed|mask_token|register_tokens|patch_embed/.*)"]
-  if trainable_blocks < depth:
+  if trainable_blocks < depth and scan_split is None:
     patterns.append(prefix + f"blocks_({'|'.join(str(i) for i in range(depth - trainable_blocks))})/.*")
+  elif trainable_blocks < depth:
+    if scan_split != trainable_blocks:
+      have = f"stacks its last {scan_split} blocks apart" if 0 < scan_split < depth else "is one stack"
+      raise ValueError(f"backbone_trainable_blocks={trainable_blocks}, but the scanned backbone {have} and a stacked "
+                       f"parameter trains whole: set model.backbone.trainable_blocks={trainable_blocks} too")
+    patterns.append(prefix + "blocks_frozen/.*")
   return tuple(patterns)
 
 
@@ -106,23 +116,31 @@ def make_task(config, workdir):
     raise ValueError(f"config.image_size={config.image_size} must be a multiple of 14 (DINOv2 patches) and of "
                      f"2**{stages} (decoder upsamplings), e.g. {7 * 2 ** stages}")
   model = model_lib.from_config(cfg_m)
-  depth = model_lib.dinov2.make(cfg_m.backbone.variant, **model.encoder.backbone_overrides).depth
-  freeze = backbone_freeze_patterns(config.backbone_trainable_blocks, depth)
+  backbone = model_lib.dinov2.make(cfg_m.backbone.variant, **model.encoder.backbone_overrides)
+  freeze = backbone_freeze_patterns(config.backbone_trainable_blocks, backbone.depth,
+                                    backbone.scan_trainable_blocks if backbone.scan_layers else None)
   if not config.init_from.path:
     logging.warning("DINOv2 backbone has RANDOM weights: no --config.init_from.path (convert the hub checkpoint "
                     "with `python -m common.convert --model dinov2_%s ...`)", cfg_m.backbone.variant)
 
   size = config.image_size
-  train_src, val_src = NpyImageSource(config.train_npy), NpyImageSource(config.val_npy)
+  fmt = config.data.format
+  train_src, val_src = open_images(config.train_npy, fmt, uint8=True), open_images(config.val_npy, fmt)
+  # The host only reads (and resizes, when the file is not at `size`) uint8 images; the random
+  # augmentation runs batched inside the step.
+  train_tf, val_tf = [data.Resize(size)], [data.Resize(size)]
   aug = config.augment
-  train_tf = [data.Resize(size)]
-  if aug.crop_pad:
-    train_tf.append(data.RandomCrop(size, pad=aug.crop_pad))
-  if aug.flip:
-    train_tf.append(data.RandomFlip())
-  if aug.brightness or aug.contrast:
-    train_tf.append(data.RandomBrightnessContrast(aug.brightness, aug.contrast))
-  val_tf = [data.Resize(size)]
+
+  def device_transform(batch, rng):
+    crop_rng, flip_rng, jitter_rng = jax.random.split(rng, 3)
+    x = augment.to_float(batch["image"])
+    if aug.crop_pad:
+      x = augment.random_crop(x, crop_rng, size, pad=aug.crop_pad)
+    if aug.flip:
+      x = augment.random_flip(x, flip_rng)
+    if aug.brightness or aug.contrast:
+      x = augment.brightness_contrast(x, jitter_rng, aug.brightness, aug.contrast)
+    return {**batch, "image": x}
 
   vgg_module, vgg_vars = load_vgg(config)
   weights = weights_of(config.loss, vgg_module is not None)
@@ -175,8 +193,8 @@ def make_task(config, workdir):
 
   task = trainer.Task(init_variables=lambda rng: model.init({"params": rng, "reparam": rng},
                                                              jnp.zeros((1, size, size, 3)), train=True),
-                      loss_fn=loss_fn, train_source=train_src, train_transforms=train_tf, eval_fn=eval_fn,
-                      constants=vgg_vars,
+                      loss_fn=loss_fn, train_source=train_src, train_transforms=train_tf,
+                      device_transform=device_transform, eval_fn=eval_fn, constants=vgg_vars,
                       derive_config=lambda c: {"optim.freeze": optim.with_frozen(c.optim.freeze, freeze)})
   return task, model, val_src, val_tf
 

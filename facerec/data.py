@@ -304,12 +304,29 @@ class Degradation:
     if self.vlr_size < 1:
       raise ValueError(f"Degradation vlr_size={self.vlr_size}: must be >= 1")
 
-  def __call__(self, hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  def _check(self, hr) -> tuple[int, int]:
     h, w = hr.shape[:2]
     if min(h, w) < self.vlr_size:
       raise ValueError(f"Degradation to {self.vlr_size} px of a {h}x{w} image: it would up-sample")
+    return h, w
+
+  def draw(self, rng: np.random.Generator, channels: int = 3) -> tuple[float, float, np.ndarray]:
+    """One example's random draw: (sigma, std, noise), noise N(0, 1) of shape (vlr, vlr, channels).
+
+    Split from `apply` so `facerec.augment.degrade_with` can be checked against the host for the same draw.
+    The rng calls and their order are those of the original single `__call__` (seeded probes unchanged):
+    with std == 0 no noise is drawn and `noise` is zeros.
+    """
     sigma = rng.uniform(*_range(self.blur_sigma, "blur_sigma"))
     std = rng.uniform(*_range(self.noise_std, "noise_std"))
+    shape = (self.vlr_size, self.vlr_size, channels)
+    # normal(0, std) is 0 + std * standard_normal from the same stream, so scaling in `apply` is bit-identical.
+    noise = rng.standard_normal(shape) if std > 0 else np.zeros(shape)
+    return sigma, std, noise
+
+  def apply(self, hr: np.ndarray, sigma: float, std: float, noise: np.ndarray) -> np.ndarray:
+    """The degradation for a given draw (see `draw`), in float64 -> float32."""
+    h, w = self._check(hr)
     # einsum's own loops, not BLAS: these products are tiny, and a multi-threaded BLAS call on a busy
     # machine (grain workers) costs 10x the arithmetic in thread hand-offs.
     rows = np.einsum("ij,jk->ik", _down_matrix(h, self.vlr_size, self.down), _gauss_matrix(h, sigma))
@@ -317,8 +334,12 @@ class Degradation:
                                          _gauss_matrix(w, sigma))
     vlr = np.einsum("ih,hwc->iwc", rows, np.asarray(hr, np.float64))
     vlr = np.einsum("jw,iwc->ijc", cols, vlr)
-    vlr = vlr + rng.normal(0.0, std, vlr.shape) if std > 0 else vlr
+    vlr = vlr + std * noise if std > 0 else vlr
     return np.clip(vlr, 0.0, 1.0).astype(np.float32)
+
+  def __call__(self, hr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    self._check(hr)  # before drawing, as before the draw/apply split
+    return self.apply(hr, *self.draw(rng, hr.shape[-1]))
 
 
 class AddVLR(grain.transforms.RandomMap):

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import checkpoint, data as common_data, models, parallel, trainer
-from facerec import data, dsr as dsr_lib, losses, models as fmodels, protocol
+from common import augment, checkpoint, data as common_data, models, parallel, trainer
+from facerec import augment as faugment, data, dsr as dsr_lib, losses, models as fmodels, protocol
 
 EDGEFACE_EXPORT, DSR_EXPORT, ARCFACE_HEAD = "edgeface_export", "dsr_export", "arcface_head.npz"
 
@@ -84,13 +84,37 @@ def folder(config, root: str) -> data.SubjectFolder:
   if not root:
     raise ValueError("set --config.data.train_root / --config.data.val_root to folders of <subject>/*.png faces "
                      "(make synthetic ones with python -m facerec.synthetic --out DIR)")
+  if config.data.format == "arrayrecord":
+    from facerec import prepare_data  # pylint: disable=import-outside-toplevel
+    source = prepare_data.subject_records(root)
+    if source.image_size != config.data.image_size:
+      raise ValueError(f"{root} holds {source.image_size} px faces but data.image_size={config.data.image_size}; "
+                       f"prepare it with --image_size {config.data.image_size} or set --config.data.image_size")
+    return source
+  if config.data.format != "folder":
+    raise ValueError(f"data.format={config.data.format!r}; use folder or arrayrecord")
   return data.SubjectFolder(root, image_size=config.data.image_size, resize=config.data.resize,
                             max_bad_fraction=config.data.max_bad_fraction)
 
 
 def train_transforms(config) -> list:
-  tf = [common_data.RandomFlip()] if config.data.flip else []
-  return tf + [data.AddVLR(degradation(config))]  # after the flip: the HR/VLR pair stays aligned
+  """The host half of training: decoded faces as uint8 (the device half is `device_transform`)."""
+  return [common_data.ToUint8()]
+
+
+def device_transform(config):
+  """Batched in the step: [flip] the HR face, then degrade it to its VLR probe (blur, down-sample, noise) with
+  a fresh draw per example, as `data.AddVLR` does on the host; the flip comes first so the pair stays aligned."""
+  deg = degradation(config)
+
+  def transform(batch, rng):
+    flip_rng, vlr_rng = jax.random.split(rng)
+    hr = augment.to_float(batch["image"])
+    if config.data.flip:
+      hr = augment.random_flip(hr, flip_rng)
+    return {**batch, "image": hr, "vlr": faugment.degrade(hr, vlr_rng, deg)}
+
+  return transform
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +210,8 @@ def dsr_task(config, train_src, val_src) -> trainer.Task:
 
   return trainer.Task(
       init_variables=lambda rng: net.init(rng, jnp.zeros((1, net.in_size, net.in_size, 3))), loss_fn=loss_fn,
-      train_source=train_src, train_transforms=train_transforms(config), constants=ef_vars,
+      train_source=train_src, train_transforms=train_transforms(config), device_transform=device_transform(config),
+      constants=ef_vars,
       eval_fn=_val_eval_fn(config, val_src, lambda state, place: (edgeface, place("edgeface", ef_vars)),
                            lambda state, place: (net, {"params": state["params"]})))
 
@@ -251,7 +276,8 @@ def finetune_task(config, train_src, val_src) -> trainer.Task:
   order = data.PKOrder(train_src.labels, config.batch_size, cf.images_per_subject)
   return trainer.Task(
       init_variables=init_variables, loss_fn=loss_fn, train_source=train_src, train_order=order,
-      train_transforms=train_transforms(config), constants=None if trainable_dsr else dsr_vars,
+      train_transforms=train_transforms(config), device_transform=device_transform(config),
+      constants=None if trainable_dsr else dsr_vars,
       eval_fn=_val_eval_fn(config, val_src, lambda state, place: (edgeface, {"params": state["params"]["edgeface"]}),
                            dsr_of),
       on_start=lambda state: logging.info("fine-tuning EdgeFace (%s loss) from %s; DSR %s", cf.loss, weights,

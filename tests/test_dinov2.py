@@ -23,6 +23,7 @@ import transformers
 
 from common import convert
 from common import models
+from common.models import dinov2
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -76,16 +77,44 @@ def _convert(name, sd, **kwargs):
   return entry.build(**kwargs), convert.convert_state_dict(sd, entry.converter, expected)
 
 
+# Block layouts: the unrolled blocks_i, one scanned stack, and two stacks (blocks_frozen + the last block in
+# `blocks`, as when only the last block trains). Scanned variables come from the converted (unrolled) ones.
+LAYOUTS = {"unrolled": {}, "scan": dict(scan_layers=True), "scan_split": dict(scan_layers=True, scan_trainable_blocks=1)}
+
+
 @functools.lru_cache(maxsize=1)  # tests come grouped by model; keep one model alive at a time
-def _pair(variant, registers, depth):
-  """(HF reference resampling like the hub, jitted apply, converted variables)."""
+def _hf_pair(variant, registers, depth):
+  """(HF reference resampling like the hub, converted variables in the unrolled layout)."""
   hidden, heads = HF_SHAPES[variant]
   hf = _hf_model(hidden, heads, depth, registers, swiglu=variant == "vitg14")
-  name = f"dinov2_{variant}{'_reg' if registers else ''}"
-  module, variables = _convert(name, _state_dict(hf), depth=depth)
+  _, variables = _convert(_name(variant, registers), _state_dict(hf), depth=depth)
   if not registers:
     hf.embeddings.interpolate_pos_encoding = types.MethodType(_hub_interpolate_pos_encoding, hf.embeddings)
+  return hf, variables
+
+
+def _name(variant, registers):
+  return f"dinov2_{variant}{'_reg' if registers else ''}"
+
+
+def _pair(variant, registers, depth, layout="unrolled"):
+  """(HF reference, jitted apply, variables) with the JAX model in `layout` (a LAYOUTS key)."""
+  hf, variables = _hf_pair(variant, registers, depth)
+  module = models.get(_name(variant, registers)).build(depth=depth, **LAYOUTS[layout])
+  if module.scan_layers:
+    variables = dinov2.pyloop_to_scan(variables, dinov2.scan_splits(depth, module.scan_trainable_blocks))
   return hf, jax.jit(module.apply, static_argnames="n_intermediate"), variables
+
+
+@functools.lru_cache(maxsize=1)  # the layouts of one case run in a row against the same reference
+def _reference(variant, registers, depth, hw):
+  hf, _ = _hf_pair(variant, registers, depth)
+  x = _images(1 if hw == SQUARE else 2, hw)
+  ref = _run_hf(hf, x)
+  r = 4 if registers else 0
+  with torch.no_grad():  # the last two blocks' patch tokens after the final norm, as n_intermediate=2 gives them
+    inter = [hf.layernorm(ref.hidden_states[-2 + i])[:, 1 + r:].numpy() for i in range(2)]
+  return x, ref.last_hidden_state.numpy(), ref.hidden_states[-1].numpy(), inter
 
 
 def _images(batch, hw, seed=0):
@@ -104,7 +133,8 @@ def _max_err(a, b):
 
 
 # Max abs errors measured on a 2-core CPU (fp32; torch 2.13, jax 0.10.2), over cls / registers / patch tokens /
-# the last two intermediates, and (in brackets) over x_prenorm, whose values are larger:
+# the last two intermediates, and (in brackets) over x_prenorm, whose values are larger (unrolled layout; the
+# scanned layouts are listed below the table):
 #   S/14           518: 5.0e-6 (9.1e-6)   224: 4.9e-6 (8.3e-6)   224x336: 5.0e-6 (8.6e-6)
 #   S/14 reg4      518: 4.5e-6 (8.6e-6)   224: 5.0e-6 (7.4e-6)   224x336: 4.3e-6 (8.1e-6)
 #   B/14           518: 8.5e-6 (2.3e-5)   224: 7.3e-6 (2.3e-5)   224x336: 9.1e-6 (2.1e-5)
@@ -112,6 +142,9 @@ def _max_err(a, b):
 #   g/14 reg4 2 bl.                                              224x336: 1.3e-5 (2.6e-5)
 # Checked once and left out to keep the file near 60 s: g/14 2 blocks at 518: 1.1e-5 (3.2e-5); B/14 reg4 at all
 # three sizes: <= 7.6e-6 (2.2e-5); g/14 reg4 at 224: 1.2e-5 (2.9e-5).
+# Scanned layouts (one stack on every case, blocks_frozen + blocks on SPLIT_CASES): the same max errors as
+# unrolled to all printed digits, e.g. (a later run, 2-core CPU under load) S/14 518: 3.8e-6 (7.4e-6), B/14 224: 6.2e-6 (1.5e-5),
+# g/14 reg4 2 bl. 224x336: 8.8e-6 (1.8e-5) in all three layouts.
 SQUARE, SMALL, NON_SQUARE = (518, 518), (224, 224), (224, 336)
 CASES = [
     ("vits14", False, 12, SQUARE), ("vits14", False, 12, SMALL), ("vits14", False, 12, NON_SQUARE),
@@ -120,27 +153,28 @@ CASES = [
     ("vitg14", False, 2, SMALL), ("vitg14", False, 2, NON_SQUARE),
     ("vitg14", True, 2, NON_SQUARE),
 ]
+# Every case in the unrolled and the one-stack scanned layout; two stacks (the intermediates then span both) on
+# one case per variant. The layouts of a case run in a row, so the torch reference runs once.
+SPLIT_CASES = {("vits14", True, 12, NON_SQUARE), ("vitb14", False, 12, SMALL), ("vitg14", True, 2, NON_SQUARE)}
+LAYOUT_CASES = [(*case, layout) for case in CASES for layout in LAYOUTS
+                if layout != "scan_split" or case in SPLIT_CASES]
 
 
-@pytest.mark.parametrize("variant,registers,depth,hw", CASES)
-def test_parity_with_transformers(variant, registers, depth, hw):
-  hf, apply, variables = _pair(variant, registers, depth)
-  x = _images(1 if hw == SQUARE else 2, hw)
-  ref = _run_hf(hf, x)
+@pytest.mark.parametrize("variant,registers,depth,hw,layout", LAYOUT_CASES)
+def test_parity_with_transformers(variant, registers, depth, hw, layout):
+  _, apply, variables = _pair(variant, registers, depth, layout)
+  x, seq, prenorm, inter = _reference(variant, registers, depth, hw)
   out = apply(variables, x, n_intermediate=2)
   r = 4 if registers else 0
-  seq = ref.last_hidden_state.numpy()
   errs = {
       "cls": _max_err(out["x_norm_clstoken"], seq[:, 0]),
       "reg": _max_err(out["x_norm_regtokens"], seq[:, 1:1 + r]) if r else 0.0,
       "patch": _max_err(out["x_norm_patchtokens"], seq[:, 1 + r:]),
-      "prenorm": _max_err(out["x_prenorm"], ref.hidden_states[-1].numpy()),
+      "prenorm": _max_err(out["x_prenorm"], prenorm),
   }
-  with torch.no_grad():
-    for i, inter in enumerate(out["intermediates"]):
-      want = hf.layernorm(ref.hidden_states[-2 + i])[:, 1 + r:].numpy()
-      errs[f"inter{i}"] = _max_err(inter, want.reshape(x.shape[0], hw[0] // 14, hw[1] // 14, -1))
-  print(variant, registers, hw, errs)
+  for i, got in enumerate(out["intermediates"]):
+    errs[f"inter{i}"] = _max_err(got, inter[i].reshape(x.shape[0], hw[0] // 14, hw[1] // 14, -1))
+  print(variant, registers, hw, layout, errs)
   assert out["x_norm_patchtokens"].shape == (x.shape[0], hw[0] // 14 * hw[1] // 14, HF_SHAPES[variant][0])
   assert max(errs.values()) <= 1e-4, errs
 

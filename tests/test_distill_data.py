@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -181,9 +182,9 @@ def test_source_pickles_and_feeds_grain_pipelines(tmp_path):
   assert repr(back) == repr(src) and back.files == src.files
   np.testing.assert_array_equal(back[3]["image"], src[3]["image"])
 
-  it = common_data.train_iterator(src, local_batch=4, transforms=data.train_transforms(16, 12), seed=0)
+  it = common_data.train_iterator(src, local_batch=4, transforms=data.train_transforms(16), seed=0)
   batch = next(it)
-  assert batch["image"].shape == (4, 12, 12, 3) and batch["label"].shape == (4,)
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.uint8 and batch["label"].shape == (4,)
   batches = list(common_data.eval_batches(src, global_batch=6, local_batch=6, transforms=data.eval_transforms(16, 12)))
   assert [b["image"].shape for b in batches] == [(6, 12, 12, 3)] * 2
   assert np.concatenate([b["mask"] for b in batches]).sum() == 8
@@ -204,17 +205,23 @@ def test_transforms_shapes_normalisation_and_torchvision_resize():
   np.testing.assert_array_equal(resized, want)
   assert data.PilResize((50, 30)).map(el) is el  # already that size: untouched
 
-  rng = np.random.default_rng(0)
-  out = el
-  for t in data.train_transforms(resize=40, crop=32):
-    out = t.random_map(out, rng) if hasattr(t, "random_map") else t.map(out)
-  assert out["image"].shape == (32, 32, 3) and out["image"].dtype == np.float32 and out["label"] == 1
-  # The crop is a window of the resized image, normalised with ImageNet statistics (maybe flipped).
-  raw = out["image"] * std + mean
+  # Training: the host resizes to uint8 bytes (exactly torchvision's PIL resize), the step crops, flips and
+  # normalises them on the device.
+  host = el
+  for t in data.train_transforms(resize=40):
+    host = t.map(host)
+  assert host["image"].dtype == np.uint8 and host["label"] == 1
+  np.testing.assert_array_equal(host["image"], np.asarray(Image.fromarray(img).resize((40, 40), Image.BILINEAR)))
+  batch = {"image": np.stack([host["image"]] * 8)}
+  out = np.asarray(jax.jit(data.device_train_transform(32))(batch, jax.random.key(0))["image"])
+  assert out.shape == (8, 32, 32, 3) and out.dtype == np.float32
+  # Every crop is a window of the resized image, normalised with ImageNet statistics (maybe flipped).
   windows = [want[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
-  assert any(np.allclose(raw, w, atol=1e-6) or np.allclose(raw, w[:, ::-1], atol=1e-6) for w in windows)
-  assert [type(t).__name__ for t in data.train_transforms(40, 32, flip=False)] == [
-      "PilResize", "RandomCrop", "Normalize"]
+  for raw in out * std + mean:
+    assert any(np.allclose(raw, w, atol=1e-6) or np.allclose(raw, w[:, ::-1], atol=1e-6) for w in windows)
+  assert len({o.tobytes() for o in out}) > 1  # a draw per example
+  assert [type(t).__name__ for t in data.train_transforms(40)] == ["PilResize"]
+  assert [type(t).__name__ for t in data.train_transforms(40, resample="float_bicubic")] == ["Resize", "ToUint8"]
 
   val = el
   for t in data.eval_transforms(resize=40, crop=32):
@@ -226,7 +233,7 @@ def test_transforms_shapes_normalisation_and_torchvision_resize():
   np.testing.assert_allclose(test["image"], (want - mean) / std, rtol=1e-6)
   # The float bicubic resize of common.data stays available.
   assert isinstance(data.eval_transforms(40, None, resample="float_bicubic")[0], common_data.Resize)
-  for t in data.train_transforms(40, 32) + data.eval_transforms(40, None, resample="bicubic"):
+  for t in data.train_transforms(40) + data.eval_transforms(40, None, resample="bicubic"):
     assert type(pickle.loads(pickle.dumps(t))) is type(t)
 
 

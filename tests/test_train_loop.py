@@ -91,6 +91,33 @@ def test_data_iterator_resumes_at_the_same_batch(tmp_path):
   assert sorted(epoch1) == sorted(epoch2) == list(range(64)) and not np.array_equal(epoch1, epoch2)
 
 
+def test_device_prefetch_state_is_the_next_batch_handed_out(tmp_path):
+  from common import data
+  x = np.arange(64, dtype=np.float32).reshape(64, 1)
+  make = lambda: data.DevicePrefetch(data.train_iterator(data.ArraySource("ids", x=x), local_batch=4, seed=3),
+                                     place=lambda b: b, depth=3)
+  it = make()
+  for _ in range(5):
+    next(it)
+  state = it.get_state()  # 3 batches are in flight: the state points at the 6th
+  expected = [next(it)["x"] for _ in range(4)]
+  again = make()
+  again.set_state(state)
+  np.testing.assert_array_equal(np.stack([next(again)["x"] for _ in range(4)]), np.stack(expected))
+
+
+def test_data_on_device_equals_the_host_pipeline(tmp_path):
+  host, _ = run(tmp_path / "host", total_steps=6, device_flip=True, eval_every_steps=100)
+  dev, c = run(tmp_path / "dev", total_steps=6, device_flip=True, eval_every_steps=100, data_on_device=True)
+  for a, b in zip(jax.tree.leaves(params_of(host)), jax.tree.leaves(params_of(dev))):
+    np.testing.assert_array_equal(a, b)
+  rows = [r for r in metrics.read_jsonl(tmp_path / "dev" / "metrics.jsonl") if "perf/input_wait_fraction" in r]
+  assert rows and all(0.0 <= r["perf/input_wait_fraction"] <= 1.0 for r in rows)
+  c = set_dotted(toy_config.get_config(), total_steps=2, data_on_device=True)  # host flips are random: refused
+  with pytest.raises(ValueError, match="data_on_device keeps the host-side split fixed.*RandomFlip"):
+    trainer.train(c, str(tmp_path / "refused"), toy_main.make_task(c))
+
+
 def test_freezing_gives_no_state_and_no_update(tmp_path):
   c = toy_config.get_config()
   c.total_steps, c.optim.freeze = 6, ("conv/.*",)

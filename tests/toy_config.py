@@ -15,5 +15,6 @@ def get_config(arg=None):
   c.optim.name, c.optim.lr, c.optim.schedule, c.optim.warmup_steps = "adam", 0.05, "cosine", 2
   c.num_train, c.num_val, c.image_size = 128, 37, 8  # 37: the last eval batch is partial
   c.nan_at_step = -1
+  c.device_flip = False  # flip on the device (Task.device_transform) instead of on the host
   c.freeze_head = False  # derived into optim.freeze by the task (the Task.derive_config hook)
   return c

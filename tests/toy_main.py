@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common import cli, data, optim, parallel, trainer
+from common import augment, cli, data, optim, parallel, trainer
 
 
 class TinyNet(nn.Module):
@@ -55,9 +55,13 @@ def make_task(config) -> trainer.Task:
     return trainer.evaluate(per_example, state, batches)
 
   init = lambda rng: model.init(rng, jnp.zeros((1, config.image_size, config.image_size, 3)))
+  host_tf, device_tf = [data.RandomFlip()], None
+  if config.device_flip:
+    host_tf = []
+    device_tf = lambda batch, rng: {**batch, "image": augment.random_flip(batch["image"], rng)}
   derive = lambda c: {"optim.freeze": optim.with_frozen(c.optim.freeze, ("head/.*",))} if c.freeze_head else {}
   return trainer.Task(init_variables=init, loss_fn=loss_fn, train_source=train_source,
-                      train_transforms=[data.RandomFlip()], eval_fn=eval_fn, derive_config=derive)
+                      train_transforms=host_tf, device_transform=device_tf, eval_fn=eval_fn, derive_config=derive)
 
 
 def train_and_evaluate(config, workdir):

@@ -12,6 +12,14 @@ positional-embedding resampling of the hub models, which differs between plain a
 `CONVERTER` reads the official hub checkpoints, chunked (`blocks.c.i.*`) and training checkpoints
 (`teacher.`/`module.`/`backbone.` prefixes), and Hugging Face `Dinov2Model` / `Dinov2WithRegistersModel` state
 dicts (both the transformers 4.x and 5.x parameter names).
+
+Scale (`scan_layers`, `remat`): `scan_layers=True` runs the blocks under `nn.scan`, so a 40-block ViT-g compiles
+one block instead of 40, and its params are stacked on a leading axis: `blocks/attn/qkv/kernel` (depth, D, 3D)
+instead of `blocks_i/attn/qkv/kernel`. A stacked leaf cannot be partly frozen, so with `scan_trainable_blocks`
+= N (0 < N < depth) the blocks are two stacks, `blocks_frozen` (the first depth - N) and `blocks` (the last N).
+Converted checkpoints stay in the unrolled layout; `pyloop_to_scan` / `scan_to_pyloop` / `adapt_layout` move
+variables between the layouts. `remat` ("full" or "dots_saveable") recomputes block activations in the backward
+pass instead of keeping them.
 """
 
 import math
@@ -26,9 +34,32 @@ import numpy as np
 from common import convert
 from common import image_ops
 from common import models
+from common import tree
 
 _f32 = jnp.float32
 _dense_init = nn.initializers.truncated_normal(0.02)  # near the reference init; pretrained weights replace it
+
+# What the backward pass keeps of a block. "full" keeps only the block input (one extra forward per block);
+# "dots_saveable" also keeps the weight matmuls (qkv, proj, fc1/fc2 or w12/w3) and recomputes the rest,
+# including the attention QK^T / AV products, which have batch dims.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def attention_implementation(dtype, head_dim: int, backend: str | None = None) -> str | None:
+  """`implementation` for jax.nn.dot_product_attention: "cudnn" where its fused kernel applies, else None (XLA).
+
+  cuDNN raises instead of falling back (on float32, on a head dim over 128 or not a multiple of 8, without a
+  GPU), so the choice is made here from static facts. `backend` defaults to jax.default_backend().
+  """
+  backend = jax.default_backend() if backend is None else backend
+  if backend == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128:
+    return "cudnn"
+  return None
 
 
 class Attention(nn.Module):
@@ -42,8 +73,9 @@ class Attention(nn.Module):
     qkv = nn.Dense(3 * d, dtype=self.dtype, param_dtype=_f32, kernel_init=_dense_init, name="qkv")(x)
     # Columns are [q | k | v], each head-major, as in the torch (B, N, 3, H, hd) reshape.
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.num_heads, head_dim), 2, 0)
-    # XLA attention; logits and softmax stay float32 for low-precision inputs.
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5)
+    # cuDNN's fused kernel on GPU in bf16/fp16; otherwise XLA, whose logits and softmax stay float32.
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5,
+                                       implementation=attention_implementation(q.dtype, head_dim))
     return nn.Dense(d, dtype=self.dtype, param_dtype=_f32, kernel_init=_dense_init, name="proj")(out.reshape(b, n, d))
 
 
@@ -113,6 +145,11 @@ class DinoV2(nn.Module):
   patch_size: int = 14
   img_size: int = 518  # pos_embed covers (img_size // patch_size)**2 patches (37 x 37 for the hub models)
   dtype: Any = "float32"  # compute dtype (name or jnp dtype); params are always float32
+  scan_layers: bool = False  # nn.scan over the blocks, params stacked on a leading axis (module docstring)
+  remat: str = "none"  # "none" | "full" | "dots_saveable": what the backward pass keeps (REMAT_POLICIES)
+  # scan_layers only: 0 < N < depth scans `blocks_frozen` (depth - N blocks) then `blocks` (the last N), so the
+  # last N blocks can train while the others stay frozen; any other value scans one `blocks` stack.
+  scan_trainable_blocks: int = -1
 
   def _pos_embed(self, pos_embed, h, w):
     """The hub's `interpolate_pos_encoding` for an h x w patch grid, (1, 1 + h*w, D) float32."""
@@ -176,10 +213,32 @@ class DinoV2(nn.Module):
     if r:  # registers sit after cls and get no positional embedding
       x = jnp.concatenate([x[:, :1], jnp.broadcast_to(register_tokens.astype(dtype), (b, r, d)), x[:, 1:]], axis=1)
 
-    outputs = []
-    for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, self.ffn, dtype, name=f"blocks_{i}")(x)
-      outputs.append(x)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose from {', '.join(REMAT_POLICIES)}")
+    block = Block
+    if self.remat != "none":
+      # CSE prevention only matters outside scan (jax.checkpoint docs); under scan it just costs speed.
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+    make_block = lambda name: block(self.num_heads, self.mlp_ratio, self.ffn, dtype, name=name)
+    outputs = []  # per block; None where a scanned stack emitted nothing
+    if self.scan_layers:
+      start = 0
+      for name, n in scan_splits(self.depth, self.scan_trainable_blocks):
+        # A stack emits its per-block outputs only when some of the last n_intermediate blocks are in it:
+        # stacked ViT-g outputs are about 1 GB at batch 32 in bf16.
+        emit = start + n > self.depth - n_intermediate
+
+        def body(mdl, x, emit=emit):
+          x = mdl(x)
+          return x, (x if emit else None)
+
+        x, ys = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=n)(make_block(name), x)
+        outputs += [ys[i] for i in range(n)] if emit else [None] * n
+        start += n
+    else:
+      for i in range(self.depth):
+        x = make_block(f"blocks_{i}")(x)
+        outputs.append(x)
 
     norm = _layer_norm(dtype, "norm")
     x_norm = norm(x)
@@ -292,6 +351,115 @@ CONVERTER = convert.Converter(
     preprocess=to_hub_layout,
 )
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layouts. CONVERTER writes the unrolled `blocks_i` layout, and converted directories stay in it; a scanned model
+# takes them through `adapt_layout` (or pyloop_to_scan directly). Exports of a scanned run hold the stacks.
+
+_BLOCK_KEY = re.compile(r"blocks_(\d+)")
+_STACKS = ("blocks_frozen", "blocks")  # in block order
+
+
+def scan_splits(depth: int, trainable_blocks: int = -1) -> tuple[tuple[str, int], ...]:
+  """The stacks of a scanned DinoV2 as ((name, number of blocks), ...) in block order."""
+  if 0 < trainable_blocks < depth:
+    return (("blocks_frozen", depth - trainable_blocks), ("blocks", trainable_blocks))
+  return (("blocks", depth),)
+
+
+def _on_params(variables, fn):
+  """fn applied to the params: `variables` is a model's variables ({"params": ...}) or its params alone."""
+  return {**variables, "params": fn(variables["params"])} if "params" in variables else fn(variables)
+
+
+def _stack(leaves):
+  if isinstance(leaves[0], jax.ShapeDtypeStruct):  # abstract trees (eval_shape) restack too
+    if any(x.shape != leaves[0].shape for x in leaves):
+      raise ValueError(f"cannot stack shapes {sorted({x.shape for x in leaves})}")
+    return jax.ShapeDtypeStruct((len(leaves), *leaves[0].shape), leaves[0].dtype)
+  return np.stack([np.asarray(x) for x in leaves])
+
+
+def _unstack(leaf) -> list:
+  if not leaf.shape:
+    raise ValueError("a stacked parameter cannot be a scalar")
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    return [jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)] * leaf.shape[0]
+  return list(np.asarray(leaf))
+
+
+def pyloop_to_scan(variables, splits):
+  """Unrolled `blocks_0 .. blocks_{depth-1}` -> the stacks `splits` (as `scan_splits` gives them), each leaf
+  stacked on a new leading axis in block order. Everything else passes through. Raises ValueError when the
+  blocks do not fill the stacks exactly or differ in structure/shape."""
+  def fn(params):
+    blocks = {int(m[1]): v for k, v in params.items() if (m := _BLOCK_KEY.fullmatch(k))}
+    depth = sum(n for _, n in splits)
+    if sorted(blocks) != list(range(depth)):
+      raise ValueError(f"pyloop_to_scan: stacks {splits} need blocks_0..blocks_{depth - 1}, got blocks {sorted(blocks)}")
+    out = {k: v for k, v in params.items() if not _BLOCK_KEY.fullmatch(k)}
+    start = 0
+    for name, n in splits:
+      flats = [tree.flatten(blocks[i]) for i in range(start, start + n)]
+      if any(f.keys() != flats[0].keys() for f in flats):
+        raise ValueError(f"pyloop_to_scan: blocks {start}..{start + n - 1} do not hold the same parameters")
+      out[name] = tree.unflatten({k: _stack([f[k] for f in flats]) for k in flats[0]})
+      start += n
+    return out
+  return _on_params(variables, fn)
+
+
+def scan_to_pyloop(variables):
+  """Scanned stacks (`blocks_frozen` then `blocks`; either may be absent) -> unrolled `blocks_i`. Unrolled
+  variables come back unchanged."""
+  def fn(params):
+    if any(k in params for k in _STACKS) and any(_BLOCK_KEY.fullmatch(k) for k in params):
+      raise ValueError("scan_to_pyloop: the params hold both stacks and unrolled blocks_i")
+    out = {k: v for k, v in params.items() if k not in _STACKS}
+    i = 0
+    for name in _STACKS:
+      if name not in params:
+        continue
+      flat = {k: _unstack(v) for k, v in tree.flatten(params[name]).items()}
+      lengths = {len(v) for v in flat.values()}
+      if len(lengths) != 1:
+        raise ValueError(f"scan_to_pyloop: {name} leaves have different leading lengths {sorted(lengths)}")
+      for j in range(lengths.pop()):
+        out[f"blocks_{i}"] = tree.unflatten({k: v[j] for k, v in flat.items()})
+        i += 1
+    return out
+  return _on_params(variables, fn)
+
+
+def layout_of(variables) -> tuple[tuple[str, int], ...] | None:
+  """The scanned stacks ((name, n), ...) of variables or params, None for the unrolled layout."""
+  params = variables.get("params", variables)
+  stacks = tuple((name, next(iter(tree.flatten(params[name]).values())).shape[0]) for name in _STACKS if name in params)
+  return stacks or None
+
+
+def adapt_layout(variables, reference):
+  """`variables` (either layout) rewritten to the layout of `reference`, the target model's own tree (arrays or
+  ShapeDtypeStructs), for a strict merge afterwards. Either may be a variables dict or its params alone.
+
+  This is what a loader calls between reading a DINOv2 checkpoint and `tree.merge_strict`. Variables that do not
+  restack cleanly (a checkpoint of another model) come back unchanged, so the strict merge names the keys.
+  """
+  target = layout_of(reference)
+  if layout_of(variables) == target:
+    return variables
+  try:
+    unrolled = scan_to_pyloop(variables)
+    return unrolled if target is None else pyloop_to_scan(unrolled, target)
+  except ValueError:
+    return variables
+
+
+# common.models' loaders call ModelEntry.adapt (when the field exists) before their strict merge, so a converted
+# (unrolled) directory loads into a scanned model.
+_ADAPT = {"adapt": adapt_layout} if "adapt" in models.ModelEntry.__dataclass_fields__ else {}
+
+
 def _builder(variant: str, fixed: dict):
   return lambda **kw: make(variant, **{**fixed, **kw})
 
@@ -304,4 +472,5 @@ for _variant in VARIANTS:
         input_shape=(1, 224, 224, 3),
         converter=CONVERTER,
         description=f"DINOv2 {_variant}{' with 4 registers' if _suffix else ''} (facebookresearch/dinov2 hub weights)",
+        **_ADAPT,
     ))

@@ -35,6 +35,11 @@ class VGG16(nn.Module):
 
   Computation stops after the deepest requested tap, so its parameters (and those of deeper convs) only
   exist up to that block. Activations come out in `dtype`; params are always float32.
+
+  In bfloat16 only the input normalisation stays float32: ReLU and max-pool are exact in any dtype and there is
+  no normalisation layer. The taps stay in `dtype` (they are loss features, not outputs, and half the memory of
+  the activations a perceptual loss keeps); `losses.perceptual_loss` upcasts before subtracting, but the taps'
+  own rounding (2^-8 relative) is a floor under |f(recon) - f(x)| once the reconstruction is close.
   """
   taps: Sequence[str] = TAPS
   normalize_input: bool = True  # input RGB in [0, 1]; False: the caller already normalised it

@@ -14,16 +14,19 @@ def workflow_config(arg=None) -> tuple[ml_collections.ConfigDict, ml_collections
   c = config_lib.base_config()
   c.data = ml_collections.ConfigDict(dict(
       root="", train_split="train", val_split="val", test_split="test",
+      format="folder",  # folder | arrayrecord (root made by python -m distill.prepare_data)
       resize=256, crop=224, flip=True, resample="bilinear",  # official: Resize(256) -> RandomCrop(224) / full image
       max_bad_fraction=0.01, imbalance_ratio=1.5))
   # weights: wildrf | forensynth | finetuned (a path under `paths`) | a converted ladeda9 directory | random
   # (random init: demos and tests only).
   c.teacher = ml_collections.ConfigDict(dict(
       weights=a.teacher, paths=dict(wildrf="", forensynth="", finetuned=""),
-      model=dict(width=64, layers=(3, 4, 6, 3), kernel3=(1, 1, 0, 0), preprocess_type="NPR", stem_bn_momentum=0.001),
+      # dtype: compute dtype ("bfloat16" on GPU/TPU); params, BatchNorm statistics and logits stay float32.
+      model=dict(width=64, layers=(3, 4, 6, 3), kernel3=(1, 1, 0, 0), preprocess_type="NPR", stem_bn_momentum=0.001,
+                 dtype="float32"),
       unfreeze_blocks=1))  # kernel3: LaDeDa33/17/9/5 = (1,1,1,1) / (1,1,1,0) / (1,1,0,0) / (1,0,0,0)
   c.student = ml_collections.ConfigDict(dict(
-      model=dict(width=8, preprocess_type="right_diag", stem_bn_momentum=0.001),
+      model=dict(width=8, preprocess_type="right_diag", stem_bn_momentum=0.001, dtype="float32"),
       weights="",  # a tiny_ladeda directory (evaluate_student, diagnose_logits); "" -> fresh init
       mode="patch" if a.per_patch else "map",
       alpha_distill=0.0 if a.bce_only else 0.05, alpha_task=1.0 if a.bce_only else 0.95,

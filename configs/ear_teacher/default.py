@@ -34,7 +34,9 @@ def get_config(arg=None):
   if a.strategy not in STRATEGIES:
     raise ValueError(f"strategy={a.strategy!r}; choose from {sorted(STRATEGIES)}")
   c = config_lib.base_config()
-  c.train_npy, c.val_npy = "", ""  # (N,H,W,3) or (N,H,W) uint8/float arrays
+  c.train_npy, c.val_npy = "", ""  # (N,H,W,3) or (N,H,W) uint8/float arrays (record dirs with data.format)
+  # npy | arrayrecord (train_npy / val_npy are then directories made by python -m ear_teacher.prepare_data)
+  c.data = ml_collections.ConfigDict(dict(format="npy"))
   c.val_ids_npy = ""  # optional identity per val image, for the feature-quality report
   c.image_size = 224
   c.batch_size = 32
@@ -45,13 +47,18 @@ def get_config(arg=None):
   c.best_metric, c.best_mode = "val/total", "min"
   c.worker_count = 4
 
+  # Which DINOv2 parameters train: 0 = frozen, -1 = all, N = the last N blocks (+ final norm).
+  c.backbone_trainable_blocks = 0
   c.model = ml_collections.ConfigDict(dict(
-      backbone=dict(variant="vits14", depth=0, registers=0),  # depth/registers 0: the variant's own
+      # depth/registers 0: the variant's own. scan_layers: nn.scan over the blocks (ViT-g compiles ~20x faster;
+      # params stacked, converted checkpoints restacked on load). remat: none | full | dots_saveable, what the
+      # backward keeps (matters only when blocks train). trainable_blocks is backbone_trainable_blocks (one
+      # value): it splits a scanned backbone into frozen and trained stacks.
+      backbone=dict(variant="vits14", depth=0, registers=0, scan_layers=False, remat="none",
+                    trainable_blocks=c.get_ref("backbone_trainable_blocks")),
       latent_dim=1024, encoder_hidden=1024, encoder_heads=8,
       decoder_channels=(512, 256, 128, 64, 32),  # one 2x upsampling each: image_size = 7 * 2**5
       image_size=c.get_ref("image_size"), ae_mode=STRATEGIES[a.strategy][1], dtype="float32"))
-  # Which DINOv2 parameters train: 0 = frozen, -1 = all, N = the last N blocks (+ final norm).
-  c.backbone_trainable_blocks = 0
   c.init_from.path, c.init_from.into = "", "encoder/backbone"  # a converted dinov2_* directory
 
   c.optim.name, c.optim.lr, c.optim.weight_decay = "adamw", 3e-4, 1e-4

@@ -11,18 +11,22 @@ def workflow_config(arg=None):
   a = config_lib.parse_arg(arg, smoke=False, arcface=False, dsr_trainable=False, variant="edgeface_xs_gamma_06")
   c = config_lib.base_config()
   c.data = ml_collections.ConfigDict(dict(
-      train_root="", val_root="", image_size=112, resize=False, max_bad_fraction=0.01, gallery_per_subject=3,
+      train_root="", val_root="", format="folder",  # folder | arrayrecord (roots made by facerec.prepare_data)
+      image_size=112, resize=False, max_bad_fraction=0.01, gallery_per_subject=3,
       flip=True, eval_seed=0,  # eval probes are degraded with rngs seeded by (eval_seed, image index)
       degradation=dict(vlr_size=16, blur_sigma=(0.5, 1.5), noise_std=(0.0, 0.02), down="area")))
   # weights: a converted EdgeFace directory (python -m common.convert --model edgeface_xs_gamma_06 ...), an
   # edgeface_export of a fine-tuning run, or "random" (demos and tests only).
   # layer_scale_init: the layer-scale gammas of a random EdgeFace (timm's 1e-6 makes every block start as the
   # identity, which a from-scratch CPU demo cannot afford; converted weights are never touched).
-  c.edgeface = ml_collections.ConfigDict(dict(variant=a.variant, weights="", overrides=dict(), layer_scale_init=1e-6))
+  # dtype: compute dtype ("bfloat16" on GPU/TPU) of EdgeFace (and dsr.model.dtype of the DSR); params and the
+  # embedding / super-resolved image stay float32.
+  c.edgeface = ml_collections.ConfigDict(dict(variant=a.variant, weights="", overrides=dict(), layer_scale_init=1e-6,
+                                              dtype="float32"))
   # weights: a dsr_export of facerec.train_dsr, or "random" (an untrained DSR is exactly bicubic upsampling).
   c.dsr = ml_collections.ConfigDict(dict(
       weights="", trainable=a.dsr_trainable, identity_weight=0.5,
-      model=dict(in_size=16, out_size=112, features=64, num_blocks=8)))
+      model=dict(in_size=16, out_size=112, features=64, num_blocks=8, dtype="float32")))
   c.finetune = ml_collections.ConfigDict(dict(
       loss="arcface" if a.arcface else "contrastive", temperature=0.07, images_per_subject=4,
       arcface_s=64.0, arcface_m=0.5))
