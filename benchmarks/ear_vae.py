@@ -18,6 +18,10 @@ clip_grad_norm_. It is not numerically identical to the JAX step: the trained ne
 random initialisations (each framework's own). The VGG16 loss network is a fixed constant, so both sides
 load the same random He-initialised weights (torchvision's init), which keeps the perceptual terms comparable.
 
+`dtype` (the run's --dtype): JAX computes the VAE and the VGG in it (config model.dtype and perceptual.dtype);
+torch runs the forward passes and the loss under autocast to it, backward and AdamW outside. Parameters stay
+float32 in both.
+
 Test-only overrides: `depth` (backbone blocks), `image_size` and `decoder_channels` (image_size must be a
 multiple of 14 and of 2 ** len(decoder_channels), e.g. 56 with (64, 32, 16)).
 """
@@ -38,10 +42,11 @@ from ear_teacher import train as train_lib
 _VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # torchvision cfg "D": (width, convs) per block
 
 
-def _config(depth, image_size, decoder_channels):
-  """The default ear teacher config with the test-only shrinkers applied, the backbone trainable and a constant
-  learning rate."""
+def _config(depth, image_size, decoder_channels, dtype="float32"):
+  """The default ear teacher config with the test-only shrinkers applied, the backbone trainable, a constant
+  learning rate, and the VAE and its VGG loss network computing in `dtype`."""
   c = default.get_config()
+  c.model.dtype = c.perceptual.dtype = dtype
   if depth:
     c.model.backbone.depth = depth
   if image_size:
@@ -97,9 +102,9 @@ def _vgg_state_dict(taps) -> dict[str, np.ndarray]:
 
 # --- JAX ----------------------------------------------------------------------------------------------------------
 
-def make_jax(batch: int, device, variant=None, depth=None, image_size=None, decoder_channels=None):
+def make_jax(batch: int, device, variant=None, dtype="float32", depth=None, image_size=None, decoder_channels=None):
   del variant
-  c = _config(depth, image_size, decoder_channels)
+  c = _config(depth, image_size, decoder_channels, dtype)
   c.batch_size = batch
   taps = tuple(c.perceptual.taps)
   vgg = convert.convert_state_dict(_vgg_state_dict(taps), vgg_lib.CONVERTER,
@@ -268,7 +273,8 @@ def _torch_loss_terms(recon, x, mu, logvar, feats_recon, feats_x, wmap, window, 
   }
 
 
-def make_torch(batch: int, device, variant=None, depth=None, image_size=None, decoder_channels=None):
+def make_torch(batch: int, device, variant=None, dtype="float32", depth=None, image_size=None,
+               decoder_channels=None):
   del variant
   import torch  # pylint: disable=import-outside-toplevel
 
@@ -289,14 +295,18 @@ def make_torch(batch: int, device, variant=None, depth=None, image_size=None, de
   window = _torch_gaussian_window(device=device)
   channels = c.model.decoder_channels
   grid = (channels[0], size // 2 ** len(channels), size // 2 ** len(channels))
+  # bfloat16: the forward passes and the loss under autocast (the VGG too, as JAX's perceptual.dtype has it); a
+  # disabled autocast for float32. (benchmarks.workloads.torch_autocast, not imported: workloads imports this file.)
+  autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def train_step(model, pixels):
     opt.zero_grad(set_to_none=True)
-    recon, mu, logvar = _torch_vae_forward(model, pixels, mean, std, grid)
-    feats_r = _torch_vgg_features(trunk, tap_at, recon, mean, std)
-    feats_x = _torch_vgg_features(trunk, tap_at, pixels, mean, std)
-    terms = _torch_loss_terms(recon, pixels, mu, logvar, feats_r, feats_x, wmap, window, c.loss)
-    loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
+    with autocast():
+      recon, mu, logvar = _torch_vae_forward(model, pixels, mean, std, grid)
+      feats_r = _torch_vgg_features(trunk, tap_at, recon, mean, std)
+      feats_x = _torch_vgg_features(trunk, tap_at, pixels, mean, std)
+      terms = _torch_loss_terms(recon, pixels, mu, logvar, feats_r, feats_x, wmap, window, c.loss)
+      loss = sum(weights[k] * v for k, v in terms.items() if weights[k])
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), c.optim.clip_grad_norm)
     opt.step()

@@ -5,10 +5,9 @@
 
 Per trainer, at its default config (full-size models) on data written by the synthetic generators at realistic
 sizes (224 px ears, 256 px distill images, 112 px faces):
-  host: images/s of the trainer's own host pipeline (`task.train_source` + `task.train_transforms` +
-        `task.train_order`, batched by common.data.train_iterator) in this process with worker_count 0 (one
-        core) and with N grain workers; also with the split kept on the devices (data_on_device: the host only
-        shuffles row numbers);
+  host: images/s of the trainer's own host work (`task.train_source` + `task.train_transforms`, batched) on one
+        thread (the per-core figure), of its grain pipeline with N workers, and with the split kept on the
+        devices (data_on_device: the host only shuffles row numbers);
   demand: images/s one H100 would consume at 40% of its 989 TFLOP/s dense bf16 peak, from XLA's cost analysis
         of the trainer's real jitted train_step (`trainer.build(config, task)`, lowered, not run);
   headroom: (host images/s per core x 16 cores) / demand. The 16-core figure is an extrapolation from the 1 (and
@@ -22,7 +21,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from common import data, models, parallel, trainer
@@ -74,15 +72,29 @@ def _random_vgg(root: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Each trainer's config and task, exactly as its command builds them
 # ----------------------------------------------------------------------------------------------
-def build_task(name: str, data_dir: str, smoke: bool = False):
-  """(config, task) of trainer `name` at its default config (`smoke`: the CPU-test config)."""
+def _records(src: str, prepare, **kw) -> str:
+  """The ArrayRecord copy of `src` (made once, next to it), for data.format=arrayrecord."""
+  dst = src.rstrip("/").removesuffix(".npy") + ".records"
+  if not os.path.isdir(dst):
+    prepare(src, dst, **kw)
+  return dst
+
+
+def build_task(name: str, data_dir: str, smoke: bool = False, fmt: str = "folder"):
+  """(config, task) of trainer `name` at its default config (`smoke`: the CPU-test config), reading the data as
+  files (fmt="folder", .npy for the ear teacher) or as prepared ArrayRecord shards (fmt="arrayrecord")."""
   arg = "smoke" if smoke else ""
+  records = fmt == "arrayrecord"
   if name == "ear_teacher":
     from configs.ear_teacher import default  # pylint: disable=import-outside-toplevel
     from ear_teacher import train  # pylint: disable=import-outside-toplevel
     c = default.get_config(arg)
     ears = _ear_data(data_dir, smoke)
     c.train_npy, c.val_npy = os.path.join(ears, "train.npy"), os.path.join(ears, "val.npy")
+    if records:
+      from ear_teacher import prepare_data  # pylint: disable=import-outside-toplevel
+      c.train_npy, c.val_npy = (_records(p, prepare_data.prepare) for p in (c.train_npy, c.val_npy))
+      c.data.format = "arrayrecord"
     c.perceptual.vgg_path = _random_vgg(data_dir)
     task = train.make_task(c, tempfile.mkdtemp(prefix="bench-ear-"))[0]
   elif name.startswith("distill_"):
@@ -90,6 +102,9 @@ def build_task(name: str, data_dir: str, smoke: bool = False):
     from distill import train  # pylint: disable=import-outside-toplevel
     c = (teacher if name == "distill_teacher" else student).get_config(",".join(filter(None, [arg, "teacher=random"])))
     c.data.root = _distill_data(data_dir, smoke)
+    if records:
+      from distill import prepare_data  # pylint: disable=import-outside-toplevel
+      c.data.root, c.data.format = _records(c.data.root, prepare_data.prepare), "arrayrecord"
     make = train.teacher_task if name == "distill_teacher" else train.student_task
     task = make(c, *train.train_val_sources(c))
   elif name.startswith("facerec_"):
@@ -98,6 +113,11 @@ def build_task(name: str, data_dir: str, smoke: bool = False):
     c = (dsr if name == "facerec_dsr" else finetune).get_config(arg)
     faces = _face_data(data_dir, smoke)
     c.data.train_root, c.data.val_root = os.path.join(faces, "train"), os.path.join(faces, "val")
+    if records:
+      from facerec import prepare_data  # pylint: disable=import-outside-toplevel
+      c.data.train_root, c.data.val_root = (_records(p, prepare_data.prepare) for p in (c.data.train_root,
+                                                                                        c.data.val_root))
+      c.data.format = "arrayrecord"
     c.edgeface.weights, c.dsr.weights = "random", "random"
     make = train.dsr_task if name == "facerec_dsr" else train.finetune_task
     task = make(c, *train.train_sources(c))
@@ -110,15 +130,35 @@ def build_task(name: str, data_dir: str, smoke: bool = False):
 # ----------------------------------------------------------------------------------------------
 # Measurements
 # ----------------------------------------------------------------------------------------------
+def host_images_per_s_one_core(config, task, images: int) -> float:
+  """Images/s of the host's per-example work on one thread: read + decode + the trainer's host transforms +
+  batching, over shuffled examples (grain's read-ahead threads would overlap it, hiding the per-core cost)."""
+  local = parallel.local_batch_size(config.batch_size)
+  order = np.random.default_rng(0).permutation(max(images, local))
+  t0, done = time.perf_counter(), 0
+  for start in range(0, len(order) - local + 1, local):
+    rows = []
+    for i in order[start:start + local] % len(task.train_source):
+      element = task.train_source[int(i)]
+      for t in task.train_transforms:
+        element = t.map(element)
+      rows.append(element)
+    {k: np.stack([r[k] for r in rows]) for k in rows[0]}  # pylint: disable=expression-not-assigned
+    done += local
+  return done / (time.perf_counter() - t0)
+
+
 def host_images_per_s(config, task, workers: int, batches: int, on_device: bool = False) -> float:
-  """Images/s of the trainer's host pipeline in this process (one batch of warm-up, then `batches` timed)."""
+  """Images/s of the trainer's grain pipeline in this process (warm-up batches, then `batches` timed); with
+  workers > 0 it includes grain's read-ahead, so it is an upper bound on N cores' rate."""
   local = parallel.local_batch_size(config.batch_size)
   if on_device:  # the host's whole per-step work when the split lives on the devices
     it = data.train_iterator(data.RowSource(task.train_source), local_batch=local, seed=0, order=task.train_order)
   else:
     it = data.train_iterator(task.train_source, local_batch=local, transforms=task.train_transforms, seed=0,
                              worker_count=workers, order=task.train_order)
-  next(it)
+  for _ in range(max(2, batches)):  # warm-up: start workers, fill their buffers
+    next(it)
   t0 = time.perf_counter()
   for _ in range(batches):
     next(it)
@@ -142,26 +182,31 @@ def flops_per_image(config, task) -> float:
 
 def measure(name: str, data_dir: str, workers: int, batches: int, smoke: bool = False) -> dict:
   config, task = build_task(name, data_dir, smoke)
-  per_core = host_images_per_s(config, task, 0, batches)
+  per_core = host_images_per_s_one_core(config, task, batches * parallel.local_batch_size(config.batch_size))
   out = {"pipeline": name, "batch_size": config.batch_size, "host_images_per_s_1_core": per_core}
   if workers:
     out[f"host_images_per_s_{workers}_workers"] = host_images_per_s(config, task, workers, batches)
   out["host_images_per_s_data_on_device"] = host_images_per_s(config, task, 0, batches, on_device=True)
+  r_config, r_task = build_task(name, data_dir, smoke, fmt="arrayrecord")
+  out["host_images_per_s_1_core_arrayrecord"] = host_images_per_s_one_core(
+      r_config, r_task, batches * parallel.local_batch_size(config.batch_size))
   flops = flops_per_image(config, task)
   demand = TARGET_MFU * H100_BF16_PEAK / flops
   out.update(gflop_per_image=flops / 1e9, h100_demand_images_per_s=demand,
              headroom_16_cores=per_core * CORES / demand,
+             headroom_16_cores_arrayrecord=out["host_images_per_s_1_core_arrayrecord"] * CORES / demand,
              headroom_16_cores_data_on_device=out["host_images_per_s_data_on_device"] * CORES / demand)
   return out
 
 
 def table(rows: list[dict]) -> str:
-  lines = ["| trainer | GFLOP/image | host img/s, 1 core | x16 cores (extrapolated) | H100 demand at 40% MFU | "
-           "headroom | headroom, data on device |", "|---|---|---|---|---|---|---|"]
+  lines = ["| trainer | GFLOP/image | H100 demand at 40% MFU | host img/s per core: files / ArrayRecord | "
+           "headroom (x16 cores, extrapolated): files / ArrayRecord / data on device |", "|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['pipeline']} | {r['gflop_per_image']:.1f} | {r['host_images_per_s_1_core']:,.0f} | "
-                 f"{CORES * r['host_images_per_s_1_core']:,.0f} | {r['h100_demand_images_per_s']:,.0f} | "
-                 f"{r['headroom_16_cores']:.2f} | {r['headroom_16_cores_data_on_device']:.0f} |")
+    lines.append(f"| {r['pipeline']} | {r['gflop_per_image']:.1f} | {r['h100_demand_images_per_s']:,.0f} | "
+                 f"{r['host_images_per_s_1_core']:,.0f} / {r['host_images_per_s_1_core_arrayrecord']:,.0f} | "
+                 f"{r['headroom_16_cores']:.2f} / {r['headroom_16_cores_arrayrecord']:.2f} / "
+                 f"{r['headroom_16_cores_data_on_device']:.0f} |")
   return "\n".join(lines)
 
 
@@ -174,6 +219,9 @@ def main(argv=None) -> None:
   parser.add_argument("--smoke", action="store_true", help="the CPU-test configs (tiny models, tiny data)")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags; this is not an absl app
   rows = [measure(n, args.data_dir, args.workers, args.batches, args.smoke) for n in args.names]
   report = {"pipelines": rows, "cores_extrapolated_to": CORES, "h100_bf16_peak_flops": H100_BF16_PEAK,
             "target_mfu": TARGET_MFU, "host": {"cpu_count": os.cpu_count(), "backend": jax.default_backend()},

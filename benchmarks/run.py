@@ -1,12 +1,18 @@
 """Times a named workload in JAX and, where it has one, its PyTorch twin, in one process on one device.
 
   python -m benchmarks.run dinov2_forward [--variant s14_224|...|all|a,b] [--device cpu|gpu] [--batch N|N1,N2]
-      [--repeats R] [--warmup W] [--precision highest|default] --out FILE.json
+      [--repeats R] [--warmup W] [--precision highest|default] [--dtype float32|bfloat16] --out FILE.json
 
 Per framework: compile time (JAX: lower + compile, apart from the steps; torch eager: the first call), then W
 untimed warm-up steps, then R timed steps (each synchronised: block_until_ready / cuda.synchronize), summarised as
 median / p10 / p90 / min / max, images/s at the median, peak memory and, on known GPUs, model FLOPs utilisation.
 The JSON holds one record per variant (a list when several run) and explains its own fields (`definitions`).
+
+--dtype bfloat16 computes in bfloat16 with float32 parameters in both frameworks: JAX through the models' `dtype`
+field (or the trainer config's), torch under torch.autocast (forward and loss; backward and optimizer outside);
+MFU is then taken against the GPU's bf16 peak. A framework that fails (an out-of-memory batch, a torch twin's
+missing import) is recorded as such, the other one still runs, and the command exits 1 after writing the JSON.
+benchmarks/gpu_suite.sh runs every workload in both dtypes on a GPU.
 """
 
 import argparse
@@ -20,6 +26,9 @@ import platform
 import resource
 import sys
 import time
+import traceback
+
+_T0 = time.perf_counter()  # progress lines count from here (imports included)
 
 # JAX would otherwise grab 75% of the GPU up front, leaving torch too little in the same process.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -50,7 +59,21 @@ DEFINITIONS = {
                       "the torch MFU uses the same count",
     "mfu": "flops_per_step / step_s.median / peak_flops_per_s; null on CPU and on GPUs missing from the table",
     "jax_over_torch_images_per_s": "jax images_per_s / torch images_per_s (> 1: JAX is faster)",
+    "dtype": "config.dtype: compute dtype of both frameworks (parameters float32); config.torch_autocast: the "
+             "autocast dtype of the torch forward and loss, null when off",
+    "hlo_has_bf16": "the compiled JAX step holds bfloat16 values: false in a bfloat16 run means the dtype did not "
+                    "reach the model",
+    "skipped": "in place of a framework's numbers: why it did not run (no twin, no torch / CUDA, a missing import)",
+    "failed": "in place of a framework's numbers: the exception it raised (e.g. out of memory)",
+    "setup_s": "seconds the workload's factory took (weights, data, model directories, the trainer's init), "
+               "before compile_s",
 }
+
+
+def _progress(msg: str) -> None:
+  """A timestamped line on stderr as each phase ends: a run killed by the GPU suite's timeout still shows where
+  its time went."""
+  print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def _status_kib(field: str) -> int:
@@ -107,18 +130,24 @@ def _flops(compiled) -> float | None:
 
 
 def _time_jax(wl, variant, batch, opts, device, overrides) -> dict:
-  fn, args = wl.make_jax(batch, device, variant, **overrides)
+  t_setup = time.perf_counter()
+  fn, args = wl.make_jax(batch, device, variant, dtype=opts.dtype, **overrides)
   fn = fn if hasattr(fn, "lower") else jax.jit(fn)
+  setup_s = time.perf_counter() - t_setup
+  _progress(f"jax set-up {setup_s:.1f} s")
   rss = _rss_start()
   t0 = time.perf_counter()
   lowered = fn.lower(*args)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
+  _progress(f"jax lower {t1 - t0:.1f} s, compile {t2 - t1:.1f} s")
   _, args = _steps(compiled, args, opts.warmup, wl.stateful, jax.block_until_ready)
   times, _ = _steps(compiled, args, opts.repeats, wl.stateful, jax.block_until_ready)
-  out = {"compile_s": t2 - t0, "lower_s": t1 - t0, **_summary(times, wl.images_per_step(batch)),
-         "flops_per_step": _flops(compiled)}
+  _progress(f"jax {opts.warmup} + {opts.repeats} steps, median {np.median(times):.4f} s")
+  out = {"setup_s": setup_s, "compile_s": t2 - t0, "lower_s": t1 - t0,
+         **_summary(times, wl.images_per_step(batch)), "flops_per_step": _flops(compiled),
+         "hlo_has_bf16": "bf16[" in compiled.as_text()}
   if opts.device == "gpu":
     out["peak_memory_bytes"] = device.memory_stats()["peak_bytes_in_use"]
     out["peak_memory_method"] = "jax memory_stats peak_bytes_in_use: since process start, weights included"
@@ -129,15 +158,20 @@ def _time_jax(wl, variant, batch, opts, device, overrides) -> dict:
 
 def _time_torch(wl, variant, batch, opts, overrides) -> dict:
   gpu = opts.device == "gpu"
-  fn, args = wl.make_torch(batch, torch.device("cuda" if gpu else "cpu"), variant, **overrides)
+  t_setup = time.perf_counter()
+  fn, args = wl.make_torch(batch, torch.device("cuda" if gpu else "cpu"), variant, dtype=opts.dtype, **overrides)
+  setup_s = time.perf_counter() - t_setup
+  _progress(f"torch set-up {setup_s:.1f} s")
   sync = (lambda out: torch.cuda.synchronize()) if gpu else (lambda out: None)
   if gpu:
     torch.cuda.reset_peak_memory_stats()
   rss = _rss_start()
   (first,), args = _steps(fn, args, 1, wl.stateful, sync)
+  _progress(f"torch first call {first:.1f} s")
   _, args = _steps(fn, args, opts.warmup, wl.stateful, sync)
   times, _ = _steps(fn, args, opts.repeats, wl.stateful, sync)
-  out = {"compile_s": first, **_summary(times, wl.images_per_step(batch))}
+  _progress(f"torch {opts.warmup} + {opts.repeats} steps, median {np.median(times):.4f} s")
+  out = {"setup_s": setup_s, "compile_s": first, **_summary(times, wl.images_per_step(batch))}
   if gpu:
     out["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     out["peak_memory_method"] = "torch.cuda.max_memory_allocated, reset before the first call; weights included"
@@ -180,27 +214,47 @@ def _environment(device) -> dict:
   }
 
 
+def _guarded(framework: str, time_fn) -> dict:
+  """time_fn() or, when it raises, {"failed": the exception}: one framework's failure (an out-of-memory batch, a
+  compile error) leaves the other's numbers in the record. A missing import is a skip: the torch twins need
+  packages (transformers) that a JAX image may lack."""
+  try:
+    return time_fn()
+  except ImportError as e:
+    return {"skipped": f"{framework} side cannot import {e.name or ''}: {e}"}
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    if torch is not None and torch.cuda.is_available():
+      torch.cuda.empty_cache()  # an out-of-memory torch half leaves its cache to the rest of the process
+    return {"failed": f"{type(e).__name__}: {e}"[:2000]}
+
+
 def bench(wl, variant, batch, opts, device, overrides) -> dict:
-  column = "bf16" if wl.dtype == "bfloat16" else "fp32" if opts.precision == "highest" else "tf32"
+  dtype = getattr(opts, "dtype", "float32")  # callers building opts by hand (tests) predate --dtype
+  opts = argparse.Namespace(**{**vars(opts), "dtype": dtype})
+  column = "bf16" if dtype == "bfloat16" else "fp32" if opts.precision == "highest" else "tf32"
   known = [t[column] for key, t in PEAK_FLOPS if key in device.device_kind and opts.device == "gpu"]
   peak = known[0] if known else None
+  skip = _torch_skip_reason(wl, opts)
   record = {
       "workload": wl.name, "variant": variant, "description": wl.description,
       "config": {"device": opts.device, "batch": batch, "images_per_step": wl.images_per_step(batch),
-                 "repeats": opts.repeats, "warmup": opts.warmup, "precision": opts.precision, "dtype": wl.dtype,
+                 "repeats": opts.repeats, "warmup": opts.warmup, "precision": opts.precision, "dtype": dtype,
+                 "torch_autocast": "bfloat16" if dtype == "bfloat16" and not skip else None,
                  "overrides": overrides},
       "peak_flops_per_s": peak, "peak_flops_basis": f"{device.device_kind}, {column}, dense" if peak else None,
   }
-  results = {"jax": _time_jax(wl, variant, batch, opts, device, overrides)}
-  skip = _torch_skip_reason(wl, opts)
-  results["torch"] = {"skipped": skip} if skip else _time_torch(wl, variant, batch, opts, overrides)
-  flops = results["jax"]["flops_per_step"]
+  results = {"jax": _guarded("jax", lambda: _time_jax(wl, variant, batch, opts, device, overrides))}
+  results["torch"] = {"skipped": skip} if skip else _guarded(
+      "torch", lambda: _time_torch(wl, variant, batch, opts, overrides))
+  flops = results["jax"].get("flops_per_step")
   for r in results.values():
     if "step_s" in r:
       r["mfu"] = flops / r["step_s"]["median"] / peak if flops and peak else None
   record.update(results)
   record["jax_over_torch_images_per_s"] = (
-      None if skip else results["jax"]["images_per_s"] / results["torch"]["images_per_s"])
+      results["jax"]["images_per_s"] / results["torch"]["images_per_s"]
+      if all("step_s" in r for r in results.values()) else None)
   record["environment"] = _environment(device)
   record["definitions"] = DEFINITIONS
   return record
@@ -223,6 +277,10 @@ def main(argv=None) -> None:
   p.add_argument("--warmup", type=int)
   p.add_argument("--precision", choices=("highest", "default"), default="highest",
                  help="highest: true fp32 matmuls/convs; default: TF32 allowed on GPU in both frameworks")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype of both frameworks (parameters stay float32): JAX the models' dtype, torch "
+                      "autocast; bfloat16 takes MFU against the bf16 peak (and usually goes with --precision "
+                      "default: what stays float32 may use TF32, as benchmarks/gpu_suite.sh runs it)")
   p.add_argument("--depth", type=int, help=argparse.SUPPRESS)  # tests: shrink the model
   p.add_argument("--out", required=True)
   opts = p.parse_args(argv)
@@ -246,19 +304,30 @@ def main(argv=None) -> None:
   if torch is not None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = opts.precision == "default"
   device = jax.devices(opts.device)[0]
+  _progress(f"imports and {device.platform} set-up done")
   overrides = {"depth": opts.depth} if opts.depth else {}
   records = []
   for variant, batch in zip(variants, batches * len(variants) if len(batches) == 1 else batches):
     with jax.default_device(device):
       records.append(bench(wl, variant, batch, opts, device, overrides))
     r = records[-1]
-    torch_part = (f"torch {r['torch']['images_per_s']:.2f} img/s (first call {r['torch']['compile_s']:.2f} s), "
-                  f"jax/torch {r['jax_over_torch_images_per_s']:.2f}" if "step_s" in r["torch"]
-                  else f"torch skipped: {r['torch']['skipped']}")
-    print(f"{wl.name} {variant} batch {batch} on {opts.device}: jax {r['jax']['images_per_s']:.2f} img/s "
-          f"(compile {r['jax']['compile_s']:.2f} s), {torch_part}", flush=True)
+    jax_part = (f"jax {r['jax']['images_per_s']:.2f} img/s (compile {r['jax']['compile_s']:.2f} s)"
+                if "step_s" in r["jax"] else _not_run("jax", r["jax"]))
+    torch_part = (f"torch {r['torch']['images_per_s']:.2f} img/s (first call {r['torch']['compile_s']:.2f} s)"
+                  if "step_s" in r["torch"] else _not_run("torch", r["torch"]))
+    ratio = r["jax_over_torch_images_per_s"]
+    print(f"{wl.name} {variant} batch {batch} {opts.dtype} on {opts.device}: {jax_part}, {torch_part}"
+          + (f", jax/torch {ratio:.2f}" if ratio else ""), flush=True)
   with open(opts.out, "w") as f:
     json.dump(records[0] if len(records) == 1 else records, f, indent=2)
+  failed = [" ".join(filter(None, (r["variant"], fw))) for r in records for fw in ("jax", "torch") if "failed" in r[fw]]
+  if failed:
+    sys.exit(f"benchmarks.run {wl.name}: {', '.join(failed)} failed (recorded in {opts.out})")
+
+
+def _not_run(framework: str, result: dict) -> str:
+  return (f"{framework} skipped: {result['skipped']}" if "skipped" in result
+          else f"{framework} FAILED: {result['failed']}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ of `edgeface_embed`, `facerec_contrastive_train` and `dsr_forward` in benchmarks
 module only inside its torch factories (torch is a test extra).
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -202,7 +203,9 @@ class DSR(nn.Module):
     y = self.trunk_out(y) + head
     for conv in self.upsample:
       y = self.shuffle(conv(y))
-    y = self.tail(y)
+    # float32 from the tail on, as facerec.dsr.DSR: under autocast only the trunk's convs run in bfloat16, the
+    # resize and the bicubic skip never do (CPU has no bfloat16 antialiased bicubic either).
+    y = self.tail(y).float()
     size = (self.out_size, self.out_size)
     if y.shape[-1] != self.out_size:
       y = F.interpolate(y, size=size, mode="bicubic", align_corners=False, antialias=True)
@@ -212,6 +215,8 @@ class DSR(nn.Module):
 # --- the torch half of the benchmark workloads ----------------------------------------------------------------------
 # The factories in benchmarks/workloads.py draw the weights (numpy state dicts in these layouts) and the data
 # (NHWC numpy), and call these; each returns `(fn, args)` for benchmarks.run, arrays and modules on `device`.
+# `autocast` is a () -> context manager (benchmarks.workloads.torch_autocast) that the forward passes and the
+# loss run under: the run's compute dtype; backward and the optimizer step run outside it.
 
 def build(module: nn.Module, state_dict, device) -> nn.Module:
   """`module` with `state_dict` (numpy arrays) loaded strictly, on `device`, in eval mode."""
@@ -225,10 +230,10 @@ def to_nchw(images: np.ndarray, device) -> torch.Tensor:
   return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def inference(model: nn.Module, images: np.ndarray, device):
-  """fn(model, x) = model(x) under inference_mode; x the NCHW tensor of the NHWC `images`."""
+def inference(model: nn.Module, images: np.ndarray, device, autocast=contextlib.nullcontext):
+  """fn(model, x) = model(x) under inference_mode and `autocast`; x the NCHW tensor of the NHWC `images`."""
   def fn(model, x):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       return model(x)
 
   return fn, (model, to_nchw(images, device))
@@ -249,7 +254,8 @@ def supcon_loss(features, labels, temperature: float, base_temperature: float):
   return -(temperature / base_temperature) * mean_log_prob_pos[n_pos > 0].mean()
 
 
-def contrastive_finetune(edgeface, dsr, vlr, hr, labels, device, lr: float, temperature: float):
+def contrastive_finetune(edgeface, dsr, vlr, hr, labels, device, lr: float, temperature: float,
+                         autocast=contextlib.nullcontext):
   """facerec.train.finetune's contrastive step: frozen DSR (no_grad) on the VLR batch; EdgeFace (input in [0, 1],
   mapped to [-1, 1] as EdgeFace(normalize_input=True)) embeds the DSR output and the HR batch in two passes of B;
   SupCon over the 2B embeddings with labels [labels; labels] (= losses.cross_resolution_infonce); Adam on
@@ -259,10 +265,11 @@ def contrastive_finetune(edgeface, dsr, vlr, hr, labels, device, lr: float, temp
 
   def train_step(edgeface, vlr, hr, labels):
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-      sr = dsr(vlr)
-    e_sr, e_hr = edgeface(sr * 2 - 1), edgeface(hr * 2 - 1)
-    loss = supcon_loss(torch.cat([e_sr, e_hr]), torch.cat([labels, labels]), temperature, temperature)
+    with autocast():
+      with torch.no_grad():
+        sr = dsr(vlr)
+      e_sr, e_hr = edgeface(sr * 2 - 1), edgeface(hr * 2 - 1)
+      loss = supcon_loss(torch.cat([e_sr, e_hr]), torch.cat([labels, labels]), temperature, temperature)
     loss.backward()
     opt.step()
     return edgeface, loss.detach()

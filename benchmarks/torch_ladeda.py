@@ -9,6 +9,7 @@ Both models return the (B, 1, h, w) patch-logit map with `pool=False`; the image
 official pooled path (`pool=True`: an H x H average pool of the features, then `fc`) on square inputs.
 """
 
+import contextlib
 import re
 
 import torch
@@ -25,7 +26,8 @@ def preprocess(x, kind):
     down = F.interpolate(x, scale_factor=0.5, mode="nearest", recompute_scale_factor=True)
     return x - F.interpolate(down, scale_factor=2.0, mode="nearest", recompute_scale_factor=True)
   k = torch.tensor(dm.GRAD_KERNELS[kind], dtype=x.dtype, device=x.device).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-  return F.conv2d(x, k, groups=3, padding="same")
+  with torch.autocast(x.device.type, enabled=False):  # float32 under a bf16 autocast too, as distill.models does
+    return F.conv2d(x, k, groups=3, padding="same")
 
 
 class Bottleneck(nn.Module):
@@ -118,7 +120,9 @@ class Tiny(nn.Module):
 
 # --- the torch half of the benchmark workloads --------------------------------------------------------------------
 # The factories in benchmarks/workloads.py draw the weights (a numpy state dict in this layout) and the data, and
-# call these; each returns `(fn, args)` for benchmarks.run, arrays and modules already on `device`.
+# call these; each returns `(fn, args)` for benchmarks.run, arrays and modules already on `device`. `autocast` is
+# a () -> context manager (benchmarks.workloads.torch_autocast) that the forward and the loss run under: the
+# run's compute dtype; backward and the optimizer step run outside it.
 
 def build(name: str, state_dict, device, **kwargs) -> nn.Module:
   """"ladeda9" | "tiny_ladeda" (kwargs: LaDeDa's `width`, `layers`) with `state_dict` (numpy arrays, the official
@@ -141,11 +145,11 @@ def image_logit_and_map(model, pixels):
   return patch.mean((1, 2)), patch
 
 
-def forward(model, images, device):
+def forward(model, images, device, autocast=contextlib.nullcontext):
   pixels, _ = to_device(images, None, device)
 
   def fn(model, pixels):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       return image_logit_and_map(model, pixels)
 
   return fn, (model.eval(), pixels)
@@ -160,7 +164,8 @@ def frozen(model: nn.Module, freeze) -> list[nn.Module]:
       any(p.fullmatch(flax_path(f"{name}.{k}")) for p in patterns) for k, _ in m.named_parameters(recurse=False))]
 
 
-def finetune(model, images, labels, device, lr: float, weight_decay: float, freeze=()):
+def finetune(model, images, labels, device, lr: float, weight_decay: float, freeze=(),
+             autocast=contextlib.nullcontext):
   """As distill.train.teacher_task: BCE-with-logits on the image logit, Adam with L2 weight decay (added to the
   gradient) on the parameters not matched by `freeze`; frozen modules get no gradient and their BatchNorms run on
   running statistics (eval mode), the others' in train mode."""
@@ -171,8 +176,9 @@ def finetune(model, images, labels, device, lr: float, weight_decay: float, free
 
   def train_step(model, pixels, labels):
     opt.zero_grad(set_to_none=True)
-    logit, _ = image_logit_and_map(model, pixels)
-    loss = F.binary_cross_entropy_with_logits(logit, labels)
+    with autocast():
+      logit, _ = image_logit_and_map(model, pixels)
+      loss = F.binary_cross_entropy_with_logits(logit, labels)
     loss.backward()
     opt.step()
     return model, loss.detach()
@@ -180,7 +186,8 @@ def finetune(model, images, labels, device, lr: float, weight_decay: float, free
   return train_step, (model, *to_device(images, labels, device))
 
 
-def distill(student, teacher, images, labels, device, lr: float, alpha_distill: float, alpha_task: float):
+def distill(student, teacher, images, labels, device, lr: float, alpha_distill: float, alpha_task: float,
+            autocast=contextlib.nullcontext):
   """Student BN in train mode; frozen teacher in eval mode; alpha_distill MSE(pooled student map, teacher map) +
   alpha_task BCE(student logit, label); Adam."""
   opt = torch.optim.Adam(student.parameters(), lr=lr)
@@ -188,11 +195,13 @@ def distill(student, teacher, images, labels, device, lr: float, alpha_distill: 
 
   def train_step(student, pixels, labels):
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-      t_map = teacher(pixels, pool=False)[:, 0]
-    logit, s_map = image_logit_and_map(student, pixels)
-    pooled = F.adaptive_avg_pool2d(s_map[:, None], t_map.shape[-2:])[:, 0]
-    loss = alpha_distill * F.mse_loss(pooled, t_map) + alpha_task * F.binary_cross_entropy_with_logits(logit, labels)
+    with autocast():
+      with torch.no_grad():
+        t_map = teacher(pixels, pool=False)[:, 0]
+      logit, s_map = image_logit_and_map(student, pixels)
+      pooled = F.adaptive_avg_pool2d(s_map[:, None], t_map.shape[-2:])[:, 0]
+      loss = (alpha_distill * F.mse_loss(pooled, t_map)
+              + alpha_task * F.binary_cross_entropy_with_logits(logit, labels))
     loss.backward()
     opt.step()
     return student, loss.detach()

@@ -20,7 +20,8 @@ def save_model(directory: str, name: str, kwargs: dict, variables) -> str:
   """`variables` as the model directory `directory/name` (what common.convert writes); returns its path.
 
   The benchmarks draw their random weights once for JAX and torch; saved like this, a task loads them through
-  its real path (teacher.weights, init_from, perceptual.vgg_path) instead of having them handed in.
+  its real path (teacher.weights, init_from, perceptual.vgg_path) instead of having them handed in. The compute
+  dtype is not saved (models.module_kwargs leaves it out): the task takes it from its config, as in a real run.
   """
   path = os.path.join(directory, name)
   models.save(path, name, kwargs, variables)

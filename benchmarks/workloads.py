@@ -1,9 +1,14 @@
 """Named benchmark workloads: what `python -m benchmarks.run NAME` times, in JAX and (where one exists) in PyTorch.
 
-A `Workload` holds two factories, `make_jax(batch, device, variant, **overrides) -> (fn, args)` and the same for
-torch (or None). The runner times `fn(*args)` and places nothing itself: a factory puts its arrays / modules on
-`device` (a `jax.Device`, or a `torch.device`). `variant` is one of `variants` (None when the
+A `Workload` holds two factories, `make_jax(batch, device, variant, dtype="float32", **overrides) -> (fn, args)`
+and the same for torch (or None). The runner times `fn(*args)` and places nothing itself: a factory puts its
+arrays / modules on `device` (a `jax.Device`, or a `torch.device`). `variant` is one of `variants` (None when the
 workload has none); `overrides` are test-only shrinkers such as `depth=1`.
+
+`dtype` is the run's compute dtype ("float32" | "bfloat16", `python -m benchmarks.run --dtype`); parameters stay
+float32 in both frameworks. JAX: the models' `dtype` field, or the config key a trainer reads (model.dtype,
+teacher.model.dtype, ...); torch: the twin's forward (and loss) under `torch.autocast(..., torch.bfloat16)`
+(`torch_autocast`), its backward and optimizer step outside, as torch's mixed-precision recipe has them.
 
 JAX `fn` may be a plain function or a `jax.jit` wrapper; pass the wrapper when it needs `donate_argnums` or static
 arguments, since the runner lowers and compiles exactly that object (`fn.lower(*args).compile()`).
@@ -11,8 +16,8 @@ arguments, since the runner lowers and compiles exactly that object (`fn.lower(*
 A train-step workload times the trainer's own step, never one written for the benchmark
 (benchmarks/train_steps.py): make the subsystem's config and Task over a source of the benchmark's examples, then
 
-  def _ladeda_train_jax(batch, device, variant=None):
-    config = teacher_config.get_config()                        # at `batch`, shrunk by the workload's overrides
+  def _ladeda_train_jax(batch, device, variant=None, dtype="float32"):
+    config = teacher_config.get_config()                        # at `batch` and `dtype`, shrunk by the overrides
     task = distill_train.teacher_task(config, source, source)    # source: `batch` examples, as the data gives them
     return train_steps.train_step(config, task, device)
 
@@ -63,7 +68,6 @@ class Workload:
   default_variant: str | None = None
   images_per_step: Callable[[int], int] = lambda batch: batch
   stateful: bool = False  # fn returns (new_state, aux) and new_state replaces args[0]
-  dtype: str = "float32"  # compute dtype: picks the peak-FLOPs column for MFU
   default_batch: int = 8
   default_repeats: int = 10
   default_warmup: int = 2
@@ -85,6 +89,14 @@ def get(name: str) -> Workload:
 
 def names() -> list[str]:
   return sorted(_REGISTRY)
+
+
+def torch_autocast(device, dtype: str):
+  """() -> the context a torch twin runs its forward and loss under: autocast to bfloat16 on `device` (a
+  torch.device) for a bfloat16 run, a disabled one (no-op) for float32. Parameters stay float32, as in JAX."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
 # --- dinov2_forward -----------------------------------------------------------------------------------------------
@@ -111,14 +123,14 @@ def _images(batch: int, variant: str) -> np.ndarray:
   return np.random.default_rng(0).standard_normal((batch, side, side, 3)).astype(np.float32)
 
 
-def _dinov2_jax(batch: int, device: Any, variant: str, depth: int | None = None):
+def _dinov2_jax(batch: int, device: Any, variant: str, dtype: str = "float32", depth: int | None = None):
   # The HF model's random weights, converted: both frameworks compute the same network. (At 224 px the plain
   # models' pos-embed resampling differs slightly between HF and the hub port; the cost is the same.)
   name, kw = f"dinov2_{_DINOV2[variant][0]}", {"depth": depth} if depth else {}
   entry = models.get(name)
   sd = {k: v.detach().cpu().numpy() for k, v in _hf_dinov2(variant, depth).state_dict().items()}
   variables = convert.convert_state_dict(sd, entry.converter, convert.flatten(models.abstract_variables(entry, kw)))
-  module = entry.build(**kw)
+  module = entry.build(**kw, dtype=dtype)
 
   def forward(variables, images):
     out = module.apply(variables, images)
@@ -127,14 +139,15 @@ def _dinov2_jax(batch: int, device: Any, variant: str, depth: int | None = None)
   return jax.jit(forward), jax.device_put((variables, _images(batch, variant)), device)
 
 
-def _dinov2_torch(batch: int, device: Any, variant: str, depth: int | None = None):
+def _dinov2_torch(batch: int, device: Any, variant: str, dtype: str = "float32", depth: int | None = None):
   import torch  # pylint: disable=import-outside-toplevel
 
   model = _hf_dinov2(variant, depth).to(device)
   pixels = torch.from_numpy(_images(batch, variant)).permute(0, 3, 1, 2).contiguous().to(device)
+  autocast = torch_autocast(device, dtype)
 
   def forward(model, pixels):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       out = model(pixel_values=pixels)
     return out.pooler_output, out.last_hidden_state
 
@@ -143,7 +156,7 @@ def _dinov2_torch(batch: int, device: Any, variant: str, depth: int | None = Non
 
 register(Workload(
     name="dinov2_forward",
-    description=("DINOv2 inference forward on random images, fp32. JAX: common.models.dinov2 "
+    description=("DINOv2 inference forward on random images. JAX: common.models.dinov2 "
                  "(Flax, jitted); torch: transformers Dinov2Model, eval, inference_mode, sdpa attention; the same "
                  "random weights (HF init, converted). Variant: ViT size and image side (s14_518 = ViT-S/14, 518 px)."),
     make_jax=_dinov2_jax,
@@ -157,7 +170,7 @@ register(Workload(
 
 register(Workload(
     name="ear_vae_train",
-    description=("ear VAE teacher train step at 224 px, fp32, configs/ear_teacher/default.py with "
+    description=("ear VAE teacher train step at 224 px, configs/ear_teacher/default.py with "
                  "backbone_trainable_blocks -1 and a constant lr: DINOv2-S/14 (random init, fully trainable) + "
                  "attention head -> 1024-d latent -> conv decoder; L1 (centre + focal weights), VGG16 perceptual "
                  "(relu1_2..relu4_3, random weights), SSIM, edge, KL, contrastive; AdamW lr 3e-4, clip 1.0. JAX: the "
@@ -258,9 +271,9 @@ def _ladeda_data(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
   return _uint8_images(rng, batch, size), rng.integers(0, 2, batch).astype(np.int32)
 
 
-def _ladeda_forward_jax(name, batch, device, variant=None, width=None, depth=None, image_size=None):
+def _ladeda_forward_jax(name, batch, device, variant=None, dtype="float32", width=None, depth=None, image_size=None):
   del variant
-  module = models.get(name).build(**_ladeda_kwargs(name, width, depth))
+  module = models.get(name).build(**_ladeda_kwargs(name, width, depth), dtype=dtype)
   images = _normalized(_ladeda_data(batch, image_size or _TEST_SIZE)[0])
 
   def forward(variables, images):
@@ -270,20 +283,22 @@ def _ladeda_forward_jax(name, batch, device, variant=None, width=None, depth=Non
   return jax.jit(forward), jax.device_put((_ladeda_variables(name, width, depth), images), device)
 
 
-def _ladeda_forward_torch(name, batch, device, variant=None, width=None, depth=None, image_size=None):
+def _ladeda_forward_torch(name, batch, device, variant=None, dtype="float32", width=None, depth=None,
+                          image_size=None):
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
   images = _normalized(_ladeda_data(batch, image_size or _TEST_SIZE)[0])
   model = torch_ladeda.build(name, _ladeda_state_dict(name, width, depth), device, **_ladeda_kwargs(name, width, depth))
-  return torch_ladeda.forward(model, images, device)
+  return torch_ladeda.forward(model, images, device, torch_autocast(device, dtype))
 
 
-def _distill_config(get_config, batch: int, image_size: int | None):
-  """configs/distill/{teacher,student}.py (full size) at `batch`; `image_size` shrinks the crop and the resize
-  (then equal: the step's random crop keeps the whole image)."""
+def _distill_config(get_config, batch: int, dtype: str, image_size: int | None):
+  """configs/distill/{teacher,student}.py (full size) at `batch`, teacher and student computing in `dtype`;
+  `image_size` shrinks the crop and the resize (then equal: the step's random crop keeps the whole image)."""
   c = get_config()
   c.batch_size = batch
+  c.teacher.model.dtype = c.student.model.dtype = dtype
   if image_size:
     c.data.resize = c.data.crop = image_size
   return c
@@ -305,49 +320,50 @@ def _torch_crops(config) -> tuple[np.ndarray, np.ndarray]:
   return _normalized(images[:, top:top + config.data.crop, top:top + config.data.crop]), labels
 
 
-def _ladeda_train_jax(batch, device, variant=None, width=None, depth=None, image_size=None):
+def _ladeda_train_jax(batch, device, variant=None, dtype="float32", width=None, depth=None, image_size=None):
   del variant
-  c = _distill_config(teacher_config.get_config, batch, image_size)
+  c = _distill_config(teacher_config.get_config, batch, dtype, image_size)
   with tempfile.TemporaryDirectory(prefix="bench-ladeda-") as tmp:
     # A teacher directory: teacher_task fine-tunes its architecture and starts from its weights (init_from).
     c.teacher.weights = _saved_ladeda(tmp, "ladeda9", width, depth)
     return _distill_step(distill_train.teacher_task, c, device)
 
 
-def _ladeda_train_torch(batch, device, variant=None, width=None, depth=None, image_size=None):
+def _ladeda_train_torch(batch, device, variant=None, dtype="float32", width=None, depth=None, image_size=None):
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
-  c = _distill_config(teacher_config.get_config, batch, image_size)
+  c = _distill_config(teacher_config.get_config, batch, dtype, image_size)
   images, labels = _torch_crops(c)
   model = torch_ladeda.build("ladeda9", _ladeda_state_dict("ladeda9", width, depth), device,
                              **_ladeda_kwargs("ladeda9", width, depth))
   # The trainable set of teacher_task: the config's freeze patterns plus those its unfreeze_blocks derive.
   freeze = distill_train.teacher_freeze_patterns(c.teacher.unfreeze_blocks) + tuple(c.optim.freeze)
   return torch_ladeda.finetune(model, images, labels, device, lr=c.optim.lr, weight_decay=c.optim.weight_decay,
-                               freeze=freeze)
+                               freeze=freeze, autocast=torch_autocast(device, dtype))
 
 
-def _distill_train_jax(batch, device, variant=None, width=None, depth=None, image_size=None):
+def _distill_train_jax(batch, device, variant=None, dtype="float32", width=None, depth=None, image_size=None):
   del variant
-  c = _distill_config(student_config.get_config, batch, image_size)
+  c = _distill_config(student_config.get_config, batch, dtype, image_size)
   with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
     c.teacher.weights = _saved_ladeda(tmp, "ladeda9", width, depth)  # the frozen teacher, a step constant
     c.init_from.path = _saved_ladeda(tmp, "tiny_ladeda", None, None)  # the student's start, as stage 2 loads stage 1
     return _distill_step(distill_train.student_task, c, device)
 
 
-def _distill_train_torch(batch, device, variant=None, width=None, depth=None, image_size=None):
+def _distill_train_torch(batch, device, variant=None, dtype="float32", width=None, depth=None, image_size=None):
   del variant
   from benchmarks import torch_ladeda  # pylint: disable=import-outside-toplevel
 
-  c = _distill_config(student_config.get_config, batch, image_size)
+  c = _distill_config(student_config.get_config, batch, dtype, image_size)
   images, labels = _torch_crops(c)
   student = torch_ladeda.build("tiny_ladeda", _ladeda_state_dict("tiny_ladeda", None, None), device)
   teacher = torch_ladeda.build("ladeda9", _ladeda_state_dict("ladeda9", width, depth), device,
                                **_ladeda_kwargs("ladeda9", width, depth))
   return torch_ladeda.distill(student, teacher, images, labels, device, lr=c.optim.lr,
-                              alpha_distill=c.student.alpha_distill, alpha_task=c.student.alpha_task)
+                              alpha_distill=c.student.alpha_distill, alpha_task=c.student.alpha_task,
+                              autocast=torch_autocast(device, dtype))
 
 
 _SAME_WEIGHTS = ("the same random weights (numpy, official torch layout, converted with distill.models.CONVERTER) "
@@ -355,7 +371,7 @@ _SAME_WEIGHTS = ("the same random weights (numpy, official torch layout, convert
 
 register(Workload(
     name="ladeda_forward",
-    description=("LaDeDa9 inference at 256 px (the official test input), fp32, eval mode; output: image logit and "
+    description=("LaDeDa9 inference at 256 px (the official test input), eval mode; output: image logit and "
                  f"31x31 patch-logit map. JAX: distill.models.LaDeDa, jitted; torch: benchmarks.torch_ladeda, "
                  f"inference_mode; {_SAME_WEIGHTS}."),
     make_jax=functools.partial(_ladeda_forward_jax, "ladeda9"),
@@ -366,7 +382,7 @@ register(Workload(
 register(Workload(
     name="ladeda_train",
     description=("LaDeDa9 fine-tuning train step of distill.train.teacher_task (configs/distill/teacher.py) on "
-                 "224 px crops, fp32: BCE-with-logits on the mean-pooled image logit; teacher.unfreeze_blocks 1: "
+                 "224 px crops: BCE-with-logits on the mean-pooled image logit; teacher.unfreeze_blocks 1: "
                  "layer4 and fc train (layer4's BatchNorm in train mode: batch statistics, running stats updated), "
                  "the stem and layer1-3 are frozen (no gradient, BatchNorm on running statistics); Adam lr 1e-4 "
                  "with L2 weight decay 1e-4 on the trainable parameters (torch Adam weight_decay; JAX "
@@ -382,7 +398,7 @@ register(Workload(
 
 register(Workload(
     name="tiny_ladeda_forward",
-    description=("Tiny-LaDeDa inference at 256 px, fp32, eval mode; output: image logit and 126x126 patch-logit "
+    description=("Tiny-LaDeDa inference at 256 px, eval mode; output: image logit and 126x126 patch-logit "
                  f"map. JAX: distill.models.TinyLaDeDa, jitted; torch: benchmarks.torch_ladeda, inference_mode; "
                  f"{_SAME_WEIGHTS}."),
     make_jax=functools.partial(_ladeda_forward_jax, "tiny_ladeda"),
@@ -393,7 +409,7 @@ register(Workload(
 register(Workload(
     name="tiny_ladeda_distill_train",
     description=("Tiny-LaDeDa distillation train step of distill.train.student_task (configs/distill/student.py) "
-                 "on 224 px crops, fp32: frozen LaDeDa9 teacher forward in eval mode inside the step (27x27 map), "
+                 "on 224 px crops: frozen LaDeDa9 teacher forward in eval mode inside the step (27x27 map), "
                  "student in train mode (BatchNorm batch statistics, running stats updated); loss 0.05 MSE(student "
                  "110x110 map adaptive-average-pooled to 27x27, teacher map) + 0.95 BCE-with-logits(student image "
                  "logit, label); Adam lr 1e-3. JAX: the trainer's step (common.trainer.build), jitted, state donated, "
@@ -515,35 +531,40 @@ def _face_data(batch: int, images_per_subject: int = 1) -> dict[str, np.ndarray]
           "labels": (np.arange(batch) // images_per_subject).astype(np.int32)}
 
 
-def _edgeface_embed_jax(batch, device, variant, depth=None):
-  module = models.get(_EDGEFACE[variant]).build(**_edgeface_kwargs(variant, depth))
+def _edgeface_embed_jax(batch, device, variant, dtype="float32", depth=None):
+  module = models.get(_EDGEFACE[variant]).build(**_edgeface_kwargs(variant, depth), dtype=dtype)
   args = (_edgeface_jax_variables(variant, depth), _face_data(batch)["face"])
   return jax.jit(module.apply), jax.device_put(args, device)
 
 
-def _edgeface_embed_torch(batch, device, variant, depth=None):
+def _edgeface_embed_torch(batch, device, variant, dtype="float32", depth=None):
   from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
 
-  return torch_facerec.inference(_torch_edgeface(variant, depth, device), _face_data(batch)["face"], device)
+  return torch_facerec.inference(_torch_edgeface(variant, depth, device), _face_data(batch)["face"], device,
+                                 torch_autocast(device, dtype))
 
 
-def _dsr_forward_jax(batch, device, variant=None, depth=None):
+def _dsr_forward_jax(batch, device, variant=None, dtype="float32", depth=None):
   del variant
   variables = convert.unflatten(_facerec_weights("dsr", None, depth))
-  return jax.jit(dsr_lib.DSR(**_dsr_kwargs(depth)).apply), jax.device_put((variables, _face_data(batch)["vlr"]), device)
+  module = dsr_lib.DSR(**_dsr_kwargs(depth), dtype=dtype)
+  return jax.jit(module.apply), jax.device_put((variables, _face_data(batch)["vlr"]), device)
 
 
-def _dsr_forward_torch(batch, device, variant=None, depth=None):
+def _dsr_forward_torch(batch, device, variant=None, dtype="float32", depth=None):
   del variant
   from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
 
-  return torch_facerec.inference(_torch_dsr(depth, device), _face_data(batch)["vlr"], device)
+  return torch_facerec.inference(_torch_dsr(depth, device), _face_data(batch)["vlr"], device,
+                                 torch_autocast(device, dtype))
 
 
-def _contrastive_config(batch: int):
-  """configs/facerec/finetune.py (contrastive, DSR frozen) at `batch`, with the VLR degradation fixed."""
+def _contrastive_config(batch: int, dtype: str):
+  """configs/facerec/finetune.py (contrastive, DSR frozen) at `batch`, EdgeFace and DSR computing in `dtype`, with
+  the VLR degradation fixed."""
   c = finetune_config.get_config()
   c.batch_size = batch
+  c.edgeface.dtype = c.dsr.model.dtype = dtype
   # P x K batches need K | batch: a test batch of 2 is one subject's 2 images.
   c.finetune.images_per_subject = math.gcd(batch, c.finetune.images_per_subject)
   # One draw for every face (blur sigma mid-range, no noise; the config draws sigma in [0.5, 1.5] and a noise std
@@ -561,9 +582,9 @@ def _write_faces(root: str, faces: np.ndarray, per_subject: int) -> None:
     Image.fromarray(face).save(os.path.join(folder, f"{i % per_subject:03d}.png"), compress_level=1)
 
 
-def _contrastive_train_jax(batch, device, variant=None, depth=None):
+def _contrastive_train_jax(batch, device, variant=None, dtype="float32", depth=None):
   del variant
-  c = _contrastive_config(batch)
+  c = _contrastive_config(batch, dtype)
   k = c.finetune.images_per_subject
   faces = _face_data(batch, k)["u8"]
   with tempfile.TemporaryDirectory(prefix="bench-facerec-") as tmp:
@@ -580,17 +601,18 @@ def _contrastive_train_jax(batch, device, variant=None, depth=None):
     return train_steps.train_step(c, facerec_train.finetune_task(c, *facerec_train.train_sources(c)), device)
 
 
-def _contrastive_train_torch(batch, device, variant=None, depth=None):
+def _contrastive_train_torch(batch, device, variant=None, dtype="float32", depth=None):
   del variant
   from benchmarks import torch_facerec  # pylint: disable=import-outside-toplevel
 
-  c = _contrastive_config(batch)
+  c = _contrastive_config(batch, dtype)
   data = _face_data(batch, c.finetune.images_per_subject)
   degrade = facerec_train.degradation(c)  # fixed: the VLR faces of the JAX step
   vlr = np.stack([degrade(hr, np.random.default_rng(0)) for hr in data["hr"]])
   return torch_facerec.contrastive_finetune(_torch_edgeface("xs", depth, device), _torch_dsr(depth, device), vlr,
                                             data["hr"], data["labels"], device, lr=c.optim.lr,
-                                            temperature=c.finetune.temperature)
+                                            temperature=c.finetune.temperature,
+                                            autocast=torch_autocast(device, dtype))
 
 
 _FACEREC_WEIGHTS = ("the same random weights in both (numpy, converted with facerec.models.CONVERTER for the JAX "
@@ -598,7 +620,7 @@ _FACEREC_WEIGHTS = ("the same random weights in both (numpy, converted with face
 
 register(Workload(
     name="edgeface_embed",
-    description=("EdgeFace embedding at 112x112 (inputs in [-1, 1]), fp32, eval mode; output: the (B, 512) "
+    description=("EdgeFace embedding at 112x112 (inputs in [-1, 1]), eval mode; output: the (B, 512) "
                  "unnormalised embeddings. JAX: facerec.models.EdgeFace, jitted; torch: benchmarks.torch_facerec "
                  f"(EdgeNeXt + LoRaLin as otroshi/edgeface), inference_mode; {_FACEREC_WEIGHTS}. Variant: xs = "
                  "edgeface_xs_gamma_06 (1.77 M parameters), s = edgeface_s_gamma_05 (3.65 M)."),
@@ -612,7 +634,7 @@ register(Workload(
 register(Workload(
     name="facerec_contrastive_train",
     description=("EdgeFace fine-tuning step of facerec.train.finetune_task (configs/facerec/finetune.py, "
-                 "loss=contrastive), fp32: frozen DSR (16 -> 112, 64 features, 8 blocks) on the VLR batch, "
+                 "loss=contrastive): frozen DSR (16 -> 112, 64 features, 8 blocks) on the VLR batch, "
                  "EdgeFace-XS (edgeface_xs_gamma_06, input [0, 1] mapped to [-1, 1]) embeds the DSR output and the "
                  "HR batch in two passes of B; supervised-contrastive InfoNCE (SupCon, temperature 0.07) over the 2B "
                  "embeddings, labels P x K (4 images per subject); Adam lr 1e-5 on the EdgeFace parameters only. "
@@ -631,7 +653,7 @@ register(Workload(
 register(Workload(
     name="dsr_forward",
     description=("DSR super-resolution inference 16x16 -> 112x112 (facerec.dsr defaults: 64 features, 8 residual "
-                 "blocks, 3 pixel-shuffle x2 stages to 128, antialiased bicubic to 112, bicubic skip), fp32. JAX: "
+                 "blocks, 3 pixel-shuffle x2 stages to 128, antialiased bicubic to 112, bicubic skip). JAX: "
                  "facerec.dsr.DSR, jitted; torch: benchmarks.torch_facerec.DSR (nn.PixelShuffle, F.interpolate), "
                  f"inference_mode; {_FACEREC_WEIGHTS}."),
     make_jax=_dsr_forward_jax,

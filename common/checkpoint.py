@@ -24,7 +24,8 @@ from common.tree import MismatchError, flatten, merge_strict, unflatten
 
 def load_init_from(params, path: str, into: str = "", dont_load: Sequence[str] = ()):
   """Loads a converted model directory's `params` into the subtree `into` ('a/b') of `params`."""
-  models.read_meta(path)  # clear error when `path` is not a converted directory
+  meta = models.read_meta(path)  # clear error when `path` is not a converted directory
+  entry = models.get(meta["model"], meta.get("module"))
   loaded = models.load_variables(path)
   if "params" not in loaded:
     raise MismatchError(f"{path}: no 'params' collection in the converted checkpoint")
@@ -32,9 +33,10 @@ def load_init_from(params, path: str, into: str = "", dont_load: Sequence[str] =
   for part in filter(None, into.split("/")):
     if part not in sub:
       raise MismatchError(f"init_from.into={into!r}: the model has no subtree {part!r} "
-                                    f"(top-level keys: {', '.join(sub)})")
+                          f"(top-level keys: {', '.join(sub)})")
     sub = sub[part]
-  merged = merge_strict(sub, loaded["params"], dont_load, source=path)
+  source = loaded["params"] if entry.adapt is None else entry.adapt(loaded["params"], sub)  # e.g. restack blocks
+  merged = merge_strict(sub, source, dont_load, source=path)
   if not into:
     return merged
   flat = flatten(params)

@@ -68,6 +68,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_dotted(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
+  """Sets fields by dotted keys passed as keyword names, e.g. set_dotted(c, **{"optim.lr": 0.1}); returns c."""
+  for key, value in values.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 def _tuples(value):
   """JSON has only lists; configs use tuples for sequences (hashable, as module attributes need)."""
   if isinstance(value, dict):

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from common import checkpoint, data, metrics as metrics_lib, optim, parallel
+from common import checkpoint, config as config_lib, data, metrics as metrics_lib, optim, parallel
 
 
 @dataclasses.dataclass
@@ -237,12 +237,7 @@ def apply_derived_config(config, task: Task) -> dict:
   """Writes the task's derived values into `config` (in place); returns them."""
   derived = dict(task.derive_config(config)) if task.derive_config is not None else {}
   with config.unlocked():
-    for key, value in derived.items():
-      *parents, leaf = key.split(".")
-      node = config
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
+    config_lib.set_dotted(config, **derived)
   return derived
 
 

@@ -69,13 +69,14 @@ def load_teacher(config, image_hw):
   if not path:
     logging.warning("teacher has RANDOM weights (teacher.weights=random): only meaningful for demos and tests")
   return models.load_or_init(path or "random", dmodels.LaDeDa(**config.teacher.model), (1, *image_hw, 3),
-                             config.seed + 1, names=("ladeda9",))
+                             config.seed + 1, names=("ladeda9",), dtype=config.teacher.model.get("dtype", "float32"))
 
 
 def load_student(config, image_hw):
   """(module, host variables): config.student.weights (a tiny_ladeda directory) or a fresh seeded init."""
   return models.load_or_init(config.student.weights or "random", dmodels.TinyLaDeDa(**config.student.model),
-                             (1, *image_hw, 3), config.seed, names=("tiny_ladeda",))
+                             (1, *image_hw, 3), config.seed, names=("tiny_ladeda",),
+                             dtype=config.student.model.get("dtype", "float32"))
 
 
 def split_source(config, split: str, subsets: bool = False):
@@ -149,7 +150,8 @@ def _export_best(workdir: str, config, module, name: str, dst: str) -> None:
 def teacher_module(config):
   """The LaDeDa to fine-tune: the converted teacher's own architecture, else config.teacher.model."""
   path = teacher_path(config)
-  return models.module_of(path) if path else dmodels.LaDeDa(**config.teacher.model)
+  dtype = config.teacher.model.get("dtype", "float32")  # a compute choice, never saved with the weights
+  return models.module_of(path).clone(dtype=dtype) if path else dmodels.LaDeDa(**config.teacher.model)
 
 
 def teacher_freeze_patterns(unfreeze_blocks: int, num_stages: int = 4) -> tuple[str, ...]:

@@ -121,15 +121,3 @@ class NpyImageSource:
     def __repr__(self):
         return f"NpyImageSource(path={self.path!r}, shape={self.shape}, dtype={self.dtype}, uint8={self.uint8})"
 
-
-FORMATS = ("npy", "arrayrecord")
-
-
-def open_images(path, data_format: str = "npy", uint8: bool = False):
-    """`path` as an image source: an .npy file, or a record directory made by `python -m ear_teacher.prepare_data`."""
-    if data_format == "npy":
-        return NpyImageSource(path, uint8=uint8)
-    if data_format == "arrayrecord":
-        from ear_teacher import prepare_data  # pylint: disable=import-outside-toplevel
-        return prepare_data.open_records(os.fspath(path), uint8=uint8)
-    raise ValueError(f"data.format={data_format!r}; use one of {', '.join(FORMATS)}")

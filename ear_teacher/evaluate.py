@@ -20,7 +20,7 @@ import numpy as np
 
 from common import checkpoint, config as config_lib, data, parallel, plots, trainer
 from ear_teacher import losses, model as model_lib
-from ear_teacher.data import open_images
+from ear_teacher.prepare_data import open_images
 
 
 def load_config(workdir: str):

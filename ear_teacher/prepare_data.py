@@ -98,6 +98,18 @@ def open_records(path: str, uint8: bool = False) -> EarRecordSource:
   return EarRecordSource(path, uint8=uint8)
 
 
+FORMATS = ("npy", "arrayrecord")
+
+
+def open_images(path, data_format: str = "npy", uint8: bool = False):
+  """`path` as an image source: an .npy file, or a record directory made by this module's CLI."""
+  if data_format == "npy":
+    return NpyImageSource(path, uint8=uint8)
+  if data_format == "arrayrecord":
+    return open_records(os.fspath(path), uint8=uint8)
+  raise ValueError(f"data.format={data_format!r}; use one of {', '.join(FORMATS)}")
+
+
 def main(argv=None):
   parser = records.ArgumentParser(prog="python -m ear_teacher.prepare_data", description=__doc__.split("\n")[0])
   parser.add_argument("--src", required=True, help="images .npy: (N,H,W,3), (N,H,W,1) or (N,H,W), uint8 or [0,1]")

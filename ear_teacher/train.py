@@ -18,7 +18,7 @@ from PIL import Image
 from common import augment, checkpoint, data, models, optim, parallel, trainer
 from common.models import vgg as vgg_lib
 from ear_teacher import losses, model as model_lib
-from ear_teacher.data import open_images
+from ear_teacher.prepare_data import open_images
 
 TERMS = ("l1", "perceptual", "ssim", "edge", "kl", "contrastive")
 

@@ -38,7 +38,8 @@ Design choices:
 `dtype` is the compute dtype of the convs and the EDSR trunk (params stay float32). The image itself never passes
 through it: the bicubic skip, the tail's resize and the output are float32, so bf16 only rounds the predicted
 residual (by ~2^-8 of its size, far below one 8-bit level) and the centred input x - 0.5 (by up to 2^-10, a
-quarter of a level).
+quarter of a level). The conv biases are added in float32 (`facerec.models.Conv`): their gradients sum over up to
+B x 128 x 128 positions, which a bf16 accumulator cannot (the tail bias came out at 0.2x its float32 gradient).
 """
 
 from typing import Any
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 
 from common import image_ops
 from common import models
+from facerec.models import Conv  # nn.Conv that adds its bias in float32 (bf16 bias gradients; see the module doc)
 
 _f32 = jnp.float32
 
@@ -82,7 +84,7 @@ class ResBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda name: nn.Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=_f32, name=name)
+    conv = lambda name: Conv(self.features, (3, 3), dtype=self.dtype, param_dtype=_f32, name=name)
     y = conv("conv2")(nn.relu(conv("conv1")(x)))
     return x + self.res_scale * y
 
@@ -105,7 +107,7 @@ class DSR(nn.Module):
       raise ValueError(f"DSR built for {self.in_size}x{self.in_size} inputs got {images.shape[1]}x{images.shape[2]}; "
                        "set model in_size or resize")
     n_up = num_upsamplings(self.in_size, self.out_size)
-    conv = lambda f, name, **kw: nn.Conv(f, (3, 3), dtype=self.dtype, param_dtype=_f32, name=name, **kw)
+    conv = lambda f, name, **kw: Conv(f, (3, 3), dtype=self.dtype, param_dtype=_f32, name=name, **kw)
 
     x = jnp.asarray(images, _f32)
     head = conv(self.features, "head")((x - 0.5).astype(self.dtype))

@@ -36,9 +36,10 @@ matters when training from scratch.
 `dtype` (e.g. "bfloat16") is the compute dtype of the convs, linears and the residual stream; params stay float32.
 Kept in float32 where low precision would cost accuracy: LayerNorm statistics and normalisation (Flax upcasts,
 rounding only the output), XCA's q/k L2 normalisation, q k^T and softmax (cosines scaled by a learned temperature,
-then exponentiated), the depthwise convs' accumulation (as a GPU conv does; see `DepthwiseConv`), and the whole
-head (pool, LayerNorm, fc). The embedding is float32. Measured bf16 vs float32 on random weights: embedding
-cosine >= 0.9999, max error ~1% of the largest component (tests/test_bf16.py).
+then exponentiated), the depthwise convs' accumulation (as a GPU conv does; see `DepthwiseConv`), the bias,
+layer-scale and positional-encoding adds (their gradients are sums over batch and space; see `Dense`), and the
+whole head (pool, LayerNorm, fc). The embedding is float32. Measured bf16 vs float32, random weights, all four
+variants: embedding cosine >= 0.99997, max error <= 0.8% of the largest component (tests/test_bf16.py).
 
 Checkpoints are raw flat state dicts with keys `model.<timm key>` (the `model.` prefix, from the EdgeFace wrapper,
 is optional here so a bare backbone state dict converts too). Keys map one to one:
@@ -58,6 +59,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+from flax.linen import dtypes as flax_dtypes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +94,37 @@ def _layer_norm(dtype, name):
   return nn.LayerNorm(epsilon=_LN_EPS, use_fast_variance=False, dtype=dtype, param_dtype=_f32, name=name)
 
 
+def _promote_all_but_bias(inputs, kernel, bias=None, dtype=None, inexact=True):
+  """Flax `promote_dtype` for Dense / Conv that leaves the bias in its float32 param dtype (see `Dense`)."""
+  inputs, kernel = flax_dtypes.promote_dtype(inputs, kernel, dtype=dtype, inexact=inexact)
+  return inputs, kernel, bias
+
+
+class Dense(nn.Dense):
+  """nn.Dense (same parameters and output dtype) that adds its float32 bias before rounding to `dtype`.
+
+  Flax casts the bias to `dtype`, so the bias gradient (the transpose of the broadcast add) sums the cotangent over
+  batch and space in `dtype`. A bf16 sum stalls once it is ~256x its terms, and XLA's CPU backend does accumulate a
+  bf16 reduction in bf16: the DSR's tail-bias gradient came out at 0.2x the float32 value, EdgeFace's at ~0.9x
+  (whether a GPU reduction does depends on XLA's emitter). A float32 bias makes the add, and so that sum, float32
+  on every backend; the rounding back to `dtype` fuses into the add.
+  """
+  promote_dtype: Any = _promote_all_but_bias
+
+  def __call__(self, x):
+    y = super().__call__(x)
+    return y if self.dtype is None else y.astype(self.dtype)
+
+
+class Conv(nn.Conv):
+  """nn.Conv with `Dense`'s float32 bias add (same parameters and output dtype)."""
+  promote_dtype: Any = _promote_all_but_bias
+
+  def __call__(self, x):
+    y = super().__call__(x)
+    return y if self.dtype is None else y.astype(self.dtype)
+
+
 class LowRankDense(nn.Module):
   """EdgeFace `LoRaLin`: linear1 (no bias) to `rank`, then linear2 (bias) to `features`."""
   features: int
@@ -101,14 +134,14 @@ class LowRankDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Dense(self.rank, use_bias=False, kernel_init=_init, dtype=self.dtype, param_dtype=_f32, name="linear1")(x)
-    return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, param_dtype=_f32,
-                    name="linear2")(x)
+    x = Dense(self.rank, use_bias=False, kernel_init=_init, dtype=self.dtype, param_dtype=_f32, name="linear1")(x)
+    return Dense(self.features, use_bias=self.use_bias, kernel_init=_init, dtype=self.dtype, param_dtype=_f32,
+                 name="linear2")(x)
 
 
 def _linear(in_features, features, rank_ratio, dtype, name, use_bias=True):
   if rank_ratio is None:
-    return nn.Dense(features, use_bias=use_bias, kernel_init=_init, dtype=dtype, param_dtype=_f32, name=name)
+    return Dense(features, use_bias=use_bias, kernel_init=_init, dtype=dtype, param_dtype=_f32, name=name)
   return LowRankDense(features, low_rank(in_features, features, rank_ratio), use_bias, dtype, name=name)
 
 
@@ -125,8 +158,9 @@ class Mlp(nn.Module):
     return _linear(self.hidden, dim, self.rank_ratio, self.dtype, "fc2")(x)
 
 
-def _layer_scale(module, name, dim):
-  return module.param(name, nn.initializers.constant(1e-6), (dim,), _f32)
+def _layer_scale(module, name, dim, y, dtype):
+  """gamma * y, the product in float32: gamma's gradient sums over batch and space (see `Dense`)."""
+  return (module.param(name, nn.initializers.constant(1e-6), (dim,), _f32) * y).astype(dtype)
 
 
 class DepthwiseConv(nn.Module):
@@ -146,7 +180,7 @@ class DepthwiseConv(nn.Module):
     c, k = x.shape[-1], self.kernel_size
     p = k // 2
     kernel = self.param("kernel", _init, (k, k, 1, c), _f32).astype(self.dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), _f32).astype(self.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), _f32)  # added in float32, as in `Dense`
     x = x.astype(self.dtype)
     if jax.default_backend() == "cpu":
       h, w = x.shape[1:3]
@@ -156,7 +190,7 @@ class DepthwiseConv(nn.Module):
     else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)), feature_group_count=c,
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+    return (y + bias).astype(self.dtype)
 
 
 class ConvEncoder(nn.Module):
@@ -172,7 +206,7 @@ class ConvEncoder(nn.Module):
     y = DepthwiseConv(self.kernel_size, self.dtype, name="conv_dw")(x)
     y = _layer_norm(self.dtype, "norm")(y)
     y = Mlp(self.expand_ratio * dim, self.rank_ratio, self.dtype, name="mlp")(y)
-    return x + _layer_scale(self, "gamma", dim).astype(self.dtype) * y
+    return x + _layer_scale(self, "gamma", dim, y, self.dtype)
 
 
 def fourier_positions(h: int, w: int, hidden_dim: int = 32, temperature: float = 10000.0) -> np.ndarray:
@@ -194,13 +228,14 @@ def fourier_positions(h: int, w: int, hidden_dim: int = 32, temperature: float =
 
 
 class PositionalEncodingFourier(nn.Module):
+  """(h * w, dim) projected Fourier positions; SDTA runs it in float32 (one 1x1 conv per step, not per image)."""
   hidden_dim: int = 32
   dtype: Any = _f32
 
   @nn.compact
   def __call__(self, h: int, w: int, dim: int):
     pos = jnp.asarray(fourier_positions(h, w, self.hidden_dim), self.dtype)[None]
-    pos = nn.Conv(dim, (1, 1), kernel_init=_init, dtype=self.dtype, param_dtype=_f32, name="token_projection")(pos)
+    pos = Conv(dim, (1, 1), kernel_init=_init, dtype=self.dtype, param_dtype=_f32, name="token_projection")(pos)
     return pos.reshape(h * w, dim)
 
 
@@ -258,14 +293,15 @@ class SDTAEncoder(nn.Module):
     y = jnp.concatenate(outs, axis=-1).reshape(b, h * w, c)
 
     if self.use_pos_emb:
-      y = y + PositionalEncodingFourier(dtype=self.dtype, name="pos_embd")(h, w, c)[None]
+      # Added in float32: the positions' gradient sums over the batch (see `Dense`).
+      y = (y + PositionalEncodingFourier(dtype=_f32, name="pos_embd")(h, w, c)[None]).astype(self.dtype)
     attn = XCA(self.heads, self.rank_ratio, self.dtype, name="xca")(_layer_norm(self.dtype, "norm_xca")(y))
-    y = y + _layer_scale(self, "gamma_xca", c).astype(self.dtype) * attn
+    y = y + _layer_scale(self, "gamma_xca", c, attn, self.dtype)
     y = y.reshape(b, h, w, c)
 
     y = _layer_norm(self.dtype, "norm")(y)
     y = Mlp(self.expand_ratio * c, self.rank_ratio, self.dtype, name="mlp")(y)
-    return x + _layer_scale(self, "gamma", c).astype(self.dtype) * y
+    return x + _layer_scale(self, "gamma", c, y, self.dtype)
 
 
 class Stage(nn.Module):
@@ -285,7 +321,7 @@ class Stage(nn.Module):
   def __call__(self, x):
     if self.downsample:
       x = _layer_norm(self.dtype, "downsample_0")(x)
-      x = nn.Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_init, dtype=self.dtype,
+      x = Conv(self.dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_init, dtype=self.dtype,
                   param_dtype=_f32, name="downsample_1")(x)
     for j in range(self.depth):
       if j < self.depth - self.num_global:
@@ -338,7 +374,7 @@ class EdgeFace(nn.Module):
     if self.normalize_input:
       x = x * 2.0 - 1.0
     x = x.astype(self.dtype)
-    x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_init, dtype=self.dtype,
+    x = Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_init, dtype=self.dtype,
                 param_dtype=_f32, name="stem_0")(x)
     x = _layer_norm(self.dtype, "stem_1")(x)
     for i in range(4):

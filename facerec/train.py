@@ -42,7 +42,7 @@ def _random_edgeface(config):
   if config.edgeface.variant not in fmodels.VARIANTS:
     raise ValueError(f"edgeface.variant={config.edgeface.variant!r}; known: {', '.join(fmodels.VARIANTS)}")
   kwargs = {**fmodels.VARIANTS[config.edgeface.variant], **config.edgeface.overrides}
-  return fmodels.EdgeFace(**kwargs, normalize_input=True)
+  return fmodels.EdgeFace(**kwargs, normalize_input=True, dtype=config.edgeface.get("dtype", "float32"))
 
 
 def load_edgeface(config, weights: str | None = None):
@@ -55,7 +55,8 @@ def load_edgeface(config, weights: str | None = None):
   size = config.data.image_size
   # Saved EdgeFaces take [-1, 1] like the release; our images are in [0, 1], so normalise inside the module.
   module, variables = models.load_or_init(weights, module, (1, size, size, 3), config.seed + 7,
-                                          names=tuple(fmodels.VARIANTS), normalize_input=True)
+                                          names=tuple(fmodels.VARIANTS), normalize_input=True,
+                                          dtype=config.edgeface.get("dtype", "float32"))
   if weights == "random":
     gamma = config.edgeface.layer_scale_init
     variables = jax.tree_util.tree_map_with_path(
@@ -71,7 +72,7 @@ def load_dsr(config, weights: str | None = None):
                      "random (an untrained DSR, which upsamples bicubically)")
   module = dsr_lib.DSR(**config.dsr.model)
   return models.load_or_init(weights, module, (1, module.in_size, module.in_size, 3), config.seed + 11,
-                             names=("dsr",))
+                             names=("dsr",), dtype=config.dsr.model.get("dtype", "float32"))
 
 
 def degradation(config) -> data.Degradation:

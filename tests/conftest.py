@@ -32,15 +32,7 @@ def subprocess_env(**extra) -> dict:
   return env
 
 
-def set_dotted(config, **overrides):
-  """Sets config fields by dotted keys passed as keyword names, e.g. set_dotted(c, **{"optim.lr": 0.1}); returns c."""
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+from common.config import set_dotted  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 
 
 @pytest.fixture(scope="module")

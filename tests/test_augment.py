@@ -1,7 +1,6 @@
 """On-device augmentation (common.augment, facerec.augment) against the host transforms for the same draws,
 and the random wrappers' distributions, determinism and independence from how the batch is sharded."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -4,6 +4,12 @@ EdgeFace / DSR) so that it stays fast; the train workloads time the trainers' ow
 import argparse
 import dataclasses
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import types
 
 import jax
 import numpy as np
@@ -35,7 +41,9 @@ def test_single_variant_record(tmp_path):
   r = _run(tmp_path, "--variant", "s14_224", "--batch", "1")
   assert (r["workload"], r["variant"]) == ("dinov2_forward", "s14_224")
   assert r["config"] == {"device": "cpu", "batch": 1, "images_per_step": 1, "repeats": 2, "warmup": 1,
-                         "precision": "highest", "dtype": "float32", "overrides": {"depth": 1}}
+                         "precision": "highest", "dtype": "float32", "torch_autocast": None,
+                         "overrides": {"depth": 1}}
+  assert r["jax"]["hlo_has_bf16"] is False
   for fw in ("jax", "torch"):
     _check_framework(r[fw], 1)
   assert r["jax"]["lower_s"] < r["jax"]["compile_s"]
@@ -68,9 +76,9 @@ def test_bad_variant_is_a_usage_error(tmp_path):
   assert e.value.code == 2
 
 
-def _bench_record(tmp_path, wl, overrides, warmup=1):
+def _bench_record(tmp_path, wl, overrides, warmup=1, dtype="float32"):
   """run.bench directly, batch 2, 1 repeat: shrinkers other than --depth have no CLI flag. Returns the JSON record."""
-  opts = argparse.Namespace(device="cpu", repeats=1, warmup=warmup, precision="highest")
+  opts = argparse.Namespace(device="cpu", repeats=1, warmup=warmup, precision="highest", dtype=dtype)
   device = jax.devices("cpu")[0]
   with jax.default_device(device):
     record = run.bench(wl, None, 2, opts, device, overrides)
@@ -265,3 +273,137 @@ def test_pipeline_benchmark_reports_host_rate_device_demand_and_headroom(tmp_pat
   # The student step runs the teacher forward too: more FLOPs per image than the student alone would cost.
   assert rows["distill_student"]["gflop_per_image"] < rows["distill_teacher"]["gflop_per_image"]
   assert "extrapolation" in report["note"]
+
+
+# --- --dtype bfloat16 and the GPU suite (benchmarks/gpu_suite.sh, benchmarks/gpu_table.py) ----------------------
+
+def _check_bf16(r, name, batch):
+  assert r["workload"] == name and r["config"]["batch"] == batch
+  assert r["config"]["dtype"] == "bfloat16" and r["config"]["torch_autocast"] == "bfloat16"
+  assert r["jax"]["hlo_has_bf16"]  # the dtype reached the compiled step
+  for fw in ("jax", "torch"):
+    assert all(np.isfinite(t) and t > 0 for t in r[fw]["step_s"]["all"]) and r[fw]["images_per_s"] > 0
+  assert r["jax_over_torch_images_per_s"] > 0
+
+
+def test_bf16_forward_from_the_command_line(tmp_path):
+  out = tmp_path / "bench.json"
+  run.main(["tiny_ladeda_forward", "--device", "cpu", "--dtype", "bfloat16", "--batch", "2", "--repeats", "2",
+            "--warmup", "1", "--out", str(out)])
+  _check_bf16(json.loads(out.read_text()), "tiny_ladeda_forward", 2)
+
+
+def test_bf16_train_step_computes_in_bf16_in_both_frameworks(tmp_path):
+  """The distillation step: the student from its config, the teacher loaded from a model directory (the path a
+  dtype is easiest to lose on); torch under autocast."""
+  wl, calls = _first_calls(workloads.get("tiny_ladeda_distill_train"))
+  r = _bench_record(tmp_path, wl, _LADEDA_SMALL, warmup=0, dtype="bfloat16")
+  _check_bf16(r, "tiny_ladeda_distill_train", 2)
+  # Every conv of teacher and student in bf16 but the student's fixed float32 preprocessing (right_diag): a teacher
+  # that lost the dtype on its way through the model directory would add its 18 float32 convs.
+  fn, args, _ = calls["jax"]
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)  # donated
+  convs = re.findall(r"stablehlo.convolution.*?-> tensor<\S*x(bf16|f32)>", fn.lower(*shapes).as_text())
+  assert convs.count("f32") == 1 and convs.count("bf16") > 20
+  # The first two steps' losses: both frameworks round the same network to bf16, each in its own places (measured
+  # on CPU: 4e-5 apart, float32 1e-7).
+  for got, want in _first_outputs(wl, calls):
+    assert np.isfinite(got) and float(got) == pytest.approx(float(want), rel=1e-3)
+
+
+def test_mfu_uses_the_peak_of_the_run_dtype(monkeypatch):
+  """On an H100 a float32 run (--precision highest) is taken against the fp32 peak, a bfloat16 one against bf16."""
+  fake = {"compile_s": 1.0, "step_s": {"median": 0.5}, "images_per_s": 4.0, "flops_per_step": 1e13}
+  monkeypatch.setattr(run, "_time_jax", lambda *a: dict(fake))
+  monkeypatch.setattr(run, "_environment", lambda device: {})  # it asks torch for the CUDA device's name
+  device = types.SimpleNamespace(device_kind="NVIDIA H100 80GB HBM3", platform="gpu")
+  for dtype, peak in (("float32", 67e12), ("bfloat16", 989e12)):
+    opts = argparse.Namespace(device="gpu", repeats=1, warmup=0, precision="highest", dtype=dtype)
+    r = run.bench(workloads.get("dsr_forward"), None, 2, opts, device, {})
+    assert r["config"]["dtype"] == dtype and r["peak_flops_per_s"] == peak
+    assert r["jax"]["mfu"] == pytest.approx(1e13 / 0.5 / peak)
+
+
+def test_a_failing_framework_is_recorded_and_the_other_still_runs(tmp_path, monkeypatch):
+  def boom(*args, **kwargs):
+    raise RuntimeError("out of memory (simulated)")
+
+  wl = dataclasses.replace(workloads.get("tiny_ladeda_forward"), make_torch=boom)
+  monkeypatch.setattr(workloads, "get", lambda _: wl)
+  out = tmp_path / "bench.json"
+  with pytest.raises(SystemExit) as e:
+    run.main(["tiny_ladeda_forward", "--device", "cpu", "--batch", "1", "--repeats", "1", "--warmup", "0",
+              "--out", str(out)])
+  assert "torch failed" in str(e.value.code)
+  r = json.loads(out.read_text())
+  assert r["jax"]["images_per_s"] > 0 and r["torch"] == {"failed": "RuntimeError: out of memory (simulated)"}
+  assert r["jax_over_torch_images_per_s"] is None
+
+
+def test_gpu_table_merges_records_and_failures(tmp_path):
+  from benchmarks import gpu_table  # pylint: disable=import-outside-toplevel
+
+  def record(dtype, jax_ips, torch_part):
+    fw = lambda ips, mfu: {"compile_s": 2.5, "step_s": {"median": 8 / ips}, "images_per_s": ips, "mfu": mfu,
+                            "peak_memory_bytes": 3 * 2 ** 30}
+    torch = fw(*torch_part) if isinstance(torch_part, tuple) else {"skipped": torch_part}
+    return {"workload": "dsr_forward", "variant": None, "config": {"dtype": dtype, "batch": 8, "precision": "highest"},
+            "jax": {**fw(jax_ips, 0.25), "hlo_has_bf16": dtype == "bfloat16"}, "torch": torch,
+            "jax_over_torch_images_per_s": jax_ips / torch_part[0] if isinstance(torch_part, tuple) else None,
+            "environment": {"device_kind": "NVIDIA H100 80GB HBM3"}}
+
+  (tmp_path / "dsr_forward_bfloat16.json").write_text(json.dumps(record("bfloat16", 400.0, "torch is not installed")))
+  (tmp_path / "dsr_forward_float32.json").write_text(json.dumps(record("float32", 200.0, (100.0, 0.125))))
+  log = tmp_path / "ear.log"
+  log.write_text("compiling\njaxlib.xla_extension.XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory\nbye\n")
+  gpu_table.main(["--failure", str(tmp_path / "ear_vae_train_bfloat16.json"), "--workload", "ear_vae_train",
+                  "--dtype", "bfloat16", "--batch", "32", "--reason", "exit 1", "--log", str(log)])
+  gpu_table.main([str(tmp_path)])
+
+  md = (tmp_path / "gpu_suite.md").read_text().splitlines()
+  assert md[0] == "# GPU suite: JAX vs PyTorch on NVIDIA H100 80GB HBM3"
+  header = [c.strip() for c in md[2].strip("|").split("|")]
+  assert header == ["workload", "dtype", "batch", "JAX img/s", "torch img/s", "JAX/torch", "JAX MFU", "torch MFU",
+                    "JAX peak memory", "torch peak memory", "JAX compile s", "torch 1st call s"]
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in md[4:7]]
+  assert [r[:3] for r in rows] == [["dsr_forward", "float32", "8"], ["dsr_forward", "bfloat16", "8"],
+                                   ["ear_vae_train", "bfloat16", "32"]]
+  assert rows[0][3:] == ["200.0", "100.0", "2.00", "25.0 %", "12.5 %", "3.00 GiB", "3.00 GiB", "2.5", "2.5"]
+  assert rows[1][4] == "skipped" and rows[1][5] == "–"
+  assert rows[2][3].startswith("**failed**: exit 1") and "RESOURCE_EXHAUSTED" in rows[2][3]
+  assert any("torch skipped: torch is not installed" in line for line in md)
+
+  suite = json.loads((tmp_path / "gpu_suite.json").read_text())
+  assert suite["failed"] == 1 and suite["device_kinds"] == ["NVIDIA H100 80GB HBM3"]
+  assert [(r["workload"], r["dtype"], r["status"]) for r in suite["rows"]] == [
+      ("dsr_forward", "float32", "ok"), ("dsr_forward", "bfloat16", "ok"), ("ear_vae_train", "bfloat16", "failed")]
+  assert set(suite["records"]) == {"dsr_forward_float32.json", "dsr_forward_bfloat16.json",
+                                   "ear_vae_train_bfloat16.json"}
+
+
+_SUITE = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_suite.sh"
+
+
+def test_gpu_suite_script_parses_and_runs_every_workload():
+  subprocess.run(["bash", "-n", str(_SUITE)], check=True)
+  table = re.search(r"^WORKLOADS=\(\n(.*?)^\)", _SUITE.read_text(), re.S | re.M).group(1)
+  rows = [line.strip().strip('"').split() for line in table.splitlines() if line.strip()]
+  assert sorted(name for name, _, _ in rows) == workloads.names()
+  assert all(int(batch) > 0 and int(budget) > 0 for _, batch, budget in rows)
+  usage = subprocess.run(["bash", str(_SUITE)], capture_output=True, text=True)
+  assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_gpu_suite_end_to_end_on_cpu(tmp_path):
+  """The script itself, on one tiny workload in both dtypes (its CPU dry-run knobs): per-run JSONs, logs, the table."""
+  env = {**os.environ, "PYTHON": sys.executable, "ONLY": "tiny_ladeda_forward", "WHEEL_DIR": str(tmp_path / "none"),
+         "EXTRA_ARGS": "--device cpu --batch 2 --repeats 1 --warmup 0"}
+  out = tmp_path / "suite"
+  subprocess.run(["bash", str(_SUITE), str(out)], env=env, check=True, capture_output=True, timeout=240)
+  for dtype in ("float32", "bfloat16"):
+    r = json.loads((out / f"tiny_ladeda_forward_{dtype}.json").read_text())
+    assert r["config"]["dtype"] == dtype and r["config"]["precision"] == ("highest" if dtype == "float32" else "default")
+    assert "jax set-up" in (out / "logs" / f"tiny_ladeda_forward_{dtype}.log").read_text()
+  md = (out / "gpu_suite.md").read_text()
+  assert "| tiny_ladeda_forward | float32 | 2 |" in md and "| tiny_ladeda_forward | bfloat16 | 2 |" in md
+  assert json.loads((out / "gpu_suite.json").read_text())["failed"] == 0

@@ -79,7 +79,8 @@ def _convert(name, sd, **kwargs):
 
 # Block layouts: the unrolled blocks_i, one scanned stack, and two stacks (blocks_frozen + the last block in
 # `blocks`, as when only the last block trains). Scanned variables come from the converted (unrolled) ones.
-LAYOUTS = {"unrolled": {}, "scan": dict(scan_layers=True), "scan_split": dict(scan_layers=True, scan_trainable_blocks=1)}
+LAYOUTS = {"unrolled": {}, "scan": dict(scan_layers=True),
+           "scan_split": dict(scan_layers=True, scan_trainable_blocks=1)}
 
 
 @functools.lru_cache(maxsize=1)  # tests come grouped by model; keep one model alive at a time
@@ -143,8 +144,8 @@ def _max_err(a, b):
 # Checked once and left out to keep the file near 60 s: g/14 2 blocks at 518: 1.1e-5 (3.2e-5); B/14 reg4 at all
 # three sizes: <= 7.6e-6 (2.2e-5); g/14 reg4 at 224: 1.2e-5 (2.9e-5).
 # Scanned layouts (one stack on every case, blocks_frozen + blocks on SPLIT_CASES): the same max errors as
-# unrolled to all printed digits, e.g. (a later run, 2-core CPU under load) S/14 518: 3.8e-6 (7.4e-6), B/14 224: 6.2e-6 (1.5e-5),
-# g/14 reg4 2 bl. 224x336: 8.8e-6 (1.8e-5) in all three layouts.
+# unrolled to all printed digits; a later run gave, in each of its layouts, S/14 518: 3.8e-6 (7.4e-6),
+# B/14 224: 6.2e-6 (1.5e-5), g/14 reg4 2 bl. 224x336: 8.8e-6 (1.8e-5).
 SQUARE, SMALL, NON_SQUARE = (518, 518), (224, 224), (224, 336)
 CASES = [
     ("vits14", False, 12, SQUARE), ("vits14", False, 12, SMALL), ("vits14", False, 12, NON_SQUARE),

@@ -41,6 +41,9 @@ class ModelEntry:
   converter: Any  # common.convert.Converter; None for native models (e.g. an exported encoder)
   description: str = ""
   module: str = ""  # the Python module that registers it (filled in by `register`)
+  # (loaded variables, the model's own tree) -> loaded, before the strict merge: rewrites a saved layout into
+  # the target's (e.g. unrolled DINOv2 blocks stacked for a scanned model); None: layouts must match.
+  adapt: Callable[[Any, Any], Any] | None = None
 
 
 def register(entry: ModelEntry) -> ModelEntry:
@@ -201,5 +204,8 @@ def load(name_or_path: str, path: str | None = None, **override):
   kwargs = {**meta["kwargs"], **override}
   module = entry.build(**kwargs)
   abstract = abstract_variables(entry, kwargs)
-  variables = tree.merge_strict(abstract, load_variables(path), source=path)
+  loaded = load_variables(path)
+  if entry.adapt is not None:
+    loaded = entry.adapt(loaded, abstract)
+  variables = tree.merge_strict(abstract, loaded, source=path)
   return module, variables

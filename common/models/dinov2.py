@@ -54,7 +54,8 @@ def attention_implementation(dtype, head_dim: int, backend: str | None = None) -
   """`implementation` for jax.nn.dot_product_attention: "cudnn" where its fused kernel applies, else None (XLA).
 
   cuDNN raises instead of falling back (on float32, on a head dim over 128 or not a multiple of 8, without a
-  GPU), so the choice is made here from static facts. `backend` defaults to jax.default_backend().
+  GPU), so the choice is made here from static facts. `backend` defaults to jax.default_backend(), which is
+  "gpu" for CUDA (and also for ROCm, which has no cuDNN: not a platform this project runs on).
   """
   backend = jax.default_backend() if backend is None else backend
   if backend == "gpu" and jnp.dtype(dtype) in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128:
@@ -192,6 +193,8 @@ class DinoV2(nn.Module):
       raise ValueError(f"DinoV2 expects (B, H, W, C) images with H and W multiples of {p}, got {images.shape}")
     if not 0 <= n_intermediate <= self.depth:
       raise ValueError(f"n_intermediate={n_intermediate} must be in [0, depth={self.depth}]")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose from {', '.join(REMAT_POLICIES)}")
     b, h, w = images.shape[0], images.shape[1] // p, images.shape[2] // p
     n_pos = (self.img_size // p) ** 2
 
@@ -213,8 +216,6 @@ class DinoV2(nn.Module):
     if r:  # registers sit after cls and get no positional embedding
       x = jnp.concatenate([x[:, :1], jnp.broadcast_to(register_tokens.astype(dtype), (b, r, d)), x[:, 1:]], axis=1)
 
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; choose from {', '.join(REMAT_POLICIES)}")
     block = Block
     if self.remat != "none":
       # CSE prevention only matters outside scan (jax.checkpoint docs); under scan it just costs speed.
@@ -396,7 +397,8 @@ def pyloop_to_scan(variables, splits):
     blocks = {int(m[1]): v for k, v in params.items() if (m := _BLOCK_KEY.fullmatch(k))}
     depth = sum(n for _, n in splits)
     if sorted(blocks) != list(range(depth)):
-      raise ValueError(f"pyloop_to_scan: stacks {splits} need blocks_0..blocks_{depth - 1}, got blocks {sorted(blocks)}")
+      raise ValueError(f"pyloop_to_scan: stacks {splits} need blocks_0..blocks_{depth - 1}, "
+                       f"got blocks {sorted(blocks)}")
     out = {k: v for k, v in params.items() if not _BLOCK_KEY.fullmatch(k)}
     start = 0
     for name, n in splits:
@@ -455,9 +457,6 @@ def adapt_layout(variables, reference):
     return variables
 
 
-# common.models' loaders call ModelEntry.adapt (when the field exists) before their strict merge, so a converted
-# (unrolled) directory loads into a scanned model.
-_ADAPT = {"adapt": adapt_layout} if "adapt" in models.ModelEntry.__dataclass_fields__ else {}
 
 
 def _builder(variant: str, fixed: dict):
@@ -472,5 +471,5 @@ for _variant in VARIANTS:
         input_shape=(1, 224, 224, 3),
         converter=CONVERTER,
         description=f"DINOv2 {_variant}{' with 4 registers' if _suffix else ''} (facebookresearch/dinov2 hub weights)",
-        **_ADAPT,
+        adapt=adapt_layout,
     ))
